@@ -1,0 +1,98 @@
+"""MaskNet families (Wang et al., arXiv 2102.07619): serial and parallel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mldcn.config import Config, ConfigError
+from mldcn.layers.mask import ParallelMaskNet, SerialMaskNet
+from mldcn.models.config import HeadConfig, ModelConfig
+from mldcn.models.registry import register_family, register_model
+
+
+@dataclass(frozen=True)
+class SerialMaskNetConfig(Config):
+    """Serial MaskNet: MaskBlock on the embedding, then MaskBlocks on MaskBlocks."""
+
+    block_dims: tuple[int, ...] = (64, 64, 64)
+    reduction_ratio: float = 1.0
+    layer_norm: bool = True
+    emb_layer_norm: bool = False
+    dropout: float = 0.0
+
+    _positive = ("block_dims", "reduction_ratio")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.block_dims:
+            raise ConfigError("SerialMaskNetConfig.block_dims needs at least one block")
+
+
+@dataclass(frozen=True)
+class ParallelMaskNetConfig(Config):
+    """Parallel MaskNet: ``num_blocks`` MaskBlocks on the embedding, concatenated."""
+
+    num_blocks: int = 3
+    block_dim: int = 64
+    reduction_ratio: float = 1.0
+    layer_norm: bool = True
+    emb_layer_norm: bool = False
+    dropout: float = 0.0
+
+    _positive = ("num_blocks", "block_dim", "reduction_ratio")
+
+
+@register_family(
+    "masknet_serial", SerialMaskNetConfig, width="block_dims", description="MaskNet, serial MaskBlocks"
+)
+def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> SerialMaskNet:
+    return SerialMaskNet(
+        num_fields,
+        dim,
+        config.block_dims,
+        config.reduction_ratio,
+        config.layer_norm,
+        config.emb_layer_norm,
+        config.dropout,
+    )
+
+
+@register_family(
+    "masknet_parallel",
+    ParallelMaskNetConfig,
+    width="block_dim",
+    description="MaskNet, parallel MaskBlocks",
+)
+def build_parallel(config: ParallelMaskNetConfig, num_fields: int, dim: int) -> ParallelMaskNet:
+    return ParallelMaskNet(
+        num_fields,
+        dim,
+        config.num_blocks,
+        config.block_dim,
+        config.reduction_ratio,
+        config.layer_norm,
+        config.emb_layer_norm,
+        config.dropout,
+    )
+
+
+register_model(
+    "masknet_serial",
+    ModelConfig("masknet_serial", SerialMaskNetConfig(), head=HeadConfig(structure="stacked", hidden=())),
+    "Serial MaskNet (3 blocks of 64) with a linear read-out",
+)
+register_model(
+    "masknet_parallel",
+    ModelConfig("masknet_parallel", ParallelMaskNetConfig(), head=HeadConfig(structure="stacked")),
+    "Parallel MaskNet (3 blocks of 64) under a 400x3 DNN",
+)
+register_model(
+    "masknet_frappe_bars",
+    ModelConfig(
+        "masknet_parallel",
+        ParallelMaskNetConfig(num_blocks=3, block_dim=50, reduction_ratio=2.0, dropout=0.1),
+        embedding_dim=10,
+        head=HeadConfig(structure="stacked", hidden=(400, 400, 400), dropout=0.1),
+    ),
+    "BARS MaskNet_frappe_x1 settings (parallel, 3 blocks of 50, ratio 2, DNN 400x3, dropout 0.1, D=10)",
+)

@@ -1,0 +1,112 @@
+"""Registry of model families and named presets (timm-style ``create_model``/``list_models``).
+
+A *family* is an interaction module with its config class and builder
+(``register_family``); a *preset* is a named :class:`ModelConfig`
+(``register_model``). ``create_model("mldcn", features)`` builds a preset;
+``create_model(config, features)`` builds any config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from mldcn.config import ConfigError
+from mldcn.features import FeatureSpec
+from mldcn.layers.embedding import FeatureEmbedding
+from mldcn.layers.head import ParallelHead, StackedHead
+from mldcn.models.config import ModelConfig
+from mldcn.models.ranking import RankingModel
+
+InteractionBuilder = Callable[[Any, int, int], nn.Module]
+
+
+@dataclass(frozen=True)
+class Family:
+    """An interaction family.
+
+    Attributes:
+        name: registry name (``ModelConfig.family``).
+        config_cls: its frozen config dataclass.
+        build: ``build(config, num_fields, dim) -> module`` mapping ``[B, F, D]`` to ``[B, h]``.
+        width: the config field a FLOPs budget is met with (rank, block width, ...).
+        description: one line for ``mldcn models``.
+    """
+
+    name: str
+    config_cls: type
+    build: InteractionBuilder
+    width: str | None
+    description: str
+
+
+_FAMILIES: dict[str, Family] = {}
+_PRESETS: dict[str, tuple[ModelConfig, str]] = {}
+
+
+def register_family(name: str, config_cls: type, width: str | None, description: str):
+    """Decorator registering an interaction builder under ``name``."""
+
+    def decorator(build: InteractionBuilder) -> InteractionBuilder:
+        if name in _FAMILIES:
+            raise ValueError(f"family {name!r} is registered twice")
+        _FAMILIES[name] = Family(name, config_cls, build, width, description)
+        return build
+
+    return decorator
+
+
+def register_model(name: str, config: ModelConfig, description: str = "") -> None:
+    """Register a named preset."""
+    if name in _PRESETS:
+        raise ValueError(f"model preset {name!r} is registered twice")
+    _PRESETS[name] = (config, description)
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def list_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def get_preset(name: str) -> ModelConfig:
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown model {name!r}; known: {list_models()}")
+    return _PRESETS[name][0]
+
+
+def preset_description(name: str) -> str:
+    get_preset(name)
+    return _PRESETS[name][1]
+
+
+def list_models(pattern: str = "") -> list[str]:
+    """Preset names containing ``pattern``, sorted."""
+    return sorted(name for name in _PRESETS if pattern in name)
+
+
+def create_model(model: str | ModelConfig, features: FeatureSpec) -> RankingModel:
+    """Build a :class:`RankingModel` from a preset name or a :class:`ModelConfig`."""
+    config = get_preset(model) if isinstance(model, str) else model
+    family = get_family(config.family)
+    embedding = FeatureEmbedding(features, config.embedding_dim)
+    interaction = family.build(config.interaction, features.num_fields, config.embedding_dim)
+    head_cfg = config.head
+    deep = dict(
+        hidden=head_cfg.hidden,
+        activation=head_cfg.activation,
+        dropout=head_cfg.dropout,
+        batch_norm=head_cfg.batch_norm,
+    )
+    if head_cfg.structure == "parallel":
+        head = ParallelHead(interaction.out_dim, embedding.output_dim, **deep)
+    else:
+        head = StackedHead(interaction.out_dim, **deep)
+    return RankingModel(embedding, interaction, head, config=config)
