@@ -68,6 +68,11 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(known)}"
         )
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        # dacite would call tuple(value) and fail with a bare TypeError on a scalar
+        if typing.get_origin(hints[name]) is tuple and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where or cls.__name__}.{name} must be a list, got {value!r}")
     try:
         return dacite.from_dict(
             cls, data, config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float})

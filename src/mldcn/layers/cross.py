@@ -182,7 +182,9 @@ class MixtureCrossNet(nn.Module):
                 torch.einsum("bkr,krd->bkd", z, self.up[layer]) + self.bias[layer]
             )  # [B, K, d]
             gate = torch.softmax(self.gates[layer](xl), dim=-1)  # [B, K]
-            xl = torch.einsum("bk,bkd->bd", gate, experts) + xl  # [B, d]
+            # Σ_i G_i E_i as bmm [B, 1, K] @ [B, K, d], not einsum: einsum makes K = 1 an
+            # elementwise product, and the matmul count (2Kd) must hold for every K
+            xl = torch.bmm(gate.unsqueeze(1), experts).squeeze(1) + xl  # [B, d]
         return xl
 
     def flops(self) -> Flops:

@@ -21,9 +21,10 @@ class InstanceGuidedMask(nn.Module):
     """``m = g(W2 relu(W1 s + c1) + c2)``: a per-example vector that scales another one.
 
     MaskNet uses g = identity with s the flattened embedding; values above 1
-    amplify, values near 0 suppress. With ``unit_init`` the mask starts at
-    exactly 1 for every input (W2 small, c2 with g(c2) = 1): a layer it scales then
-    starts as if unmasked.
+    amplify, values near 0 suppress. With ``unit_init`` the mask starts near 1
+    (c2 with g(c2) = 1 and W2 ~ N(0, 0.01²), so m = 1 + O(0.01) for any input and
+    exactly 1 where the hidden layer is 0): a layer it scales then starts almost as
+    if unmasked. ``sigmoid`` cannot reach 1 and starts at 1/2.
 
     Args:
         in_dim: width of the source s.
@@ -102,7 +103,7 @@ class MaskBlock(nn.Module):
     ``e`` is the flattened embedding (the mask always looks at the raw instance);
     ``h`` is the block input: the (normalised) embedding for a MaskBlock on
     feature embedding, the previous block's output for a MaskBlock on MaskBlock.
-    The mask's hidden width is ``reduction_ratio * in_dim`` (FuxiCTR's convention).
+    The mask's hidden width is ``reduction_ratio * in_dim``, rounded (FuxiCTR's convention).
 
     Args:
         emb_dim: width of e.
@@ -127,7 +128,7 @@ class MaskBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.mask = InstanceGuidedMask(emb_dim, max(1, int(in_dim * reduction_ratio)), in_dim)
+        self.mask = InstanceGuidedMask(emb_dim, max(1, round(in_dim * reduction_ratio)), in_dim)
         self.projection = nn.Linear(in_dim, out_dim, bias=False)
         init_linear(self.projection)
         self.norm = nn.LayerNorm(out_dim) if layer_norm else nn.Identity()

@@ -57,7 +57,10 @@ def measured_matmul_flops(model: RankingModel, inputs: tuple[torch.Tensor, ...])
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # Not under no_grad: FlopCounterMode's module tracker crashes (torch 2.13) on a module
+        # output that is a view of a parameter made without grad (e.g. an identity StaticMask).
+        # Only the forward runs, so the count is the same.
+        with FlopCounterMode(display=False) as counter:
             model(*inputs)
     finally:
         model.train(was_training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from mldcn.config import Config, ConfigError
@@ -42,8 +43,25 @@ class ParallelMaskNetConfig(Config):
     _positive = ("num_blocks", "block_dim", "reduction_ratio")
 
 
+def _scale_serial(config: SerialMaskNetConfig, width: int, num_fields: int, dim: int) -> SerialMaskNetConfig:
+    # Every block `width` wide; the first block's mask hidden width is `width` too
+    # (reduction_ratio is relative to a block's input width, d for the first block).
+    return dataclasses.replace(
+        config, block_dims=(width,) * len(config.block_dims), reduction_ratio=width / (num_fields * dim)
+    )
+
+
+def _scale_parallel(config: ParallelMaskNetConfig, width: int, num_fields: int, dim: int) -> ParallelMaskNetConfig:
+    # Blocks `width` wide, each with a mask of hidden width `width`.
+    return dataclasses.replace(config, block_dim=width, reduction_ratio=width / (num_fields * dim))
+
+
 @register_family(
-    "masknet_serial", SerialMaskNetConfig, width="block_dims", description="MaskNet, serial MaskBlocks"
+    "masknet_serial",
+    SerialMaskNetConfig,
+    width="block_dims",
+    description="MaskNet, serial MaskBlocks",
+    scale=_scale_serial,
 )
 def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> SerialMaskNet:
     return SerialMaskNet(
@@ -62,6 +80,7 @@ def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> Seri
     ParallelMaskNetConfig,
     width="block_dim",
     description="MaskNet, parallel MaskBlocks",
+    scale=_scale_parallel,
 )
 def build_parallel(config: ParallelMaskNetConfig, num_fields: int, dim: int) -> ParallelMaskNet:
     return ParallelMaskNet(

@@ -8,6 +8,7 @@ A *family* is an interaction module with its config class and builder
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from mldcn.models.config import ModelConfig
 from mldcn.models.ranking import RankingModel
 
 InteractionBuilder = Callable[[Any, int, int], nn.Module]
+WidthScaler = Callable[[Any, int, int, int], Any]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Family:
         build: ``build(config, num_fields, dim) -> module`` mapping ``[B, F, D]`` to ``[B, h]``.
         width: the config field a FLOPs budget is met with (rank, block width, ...).
         description: one line for ``mldcn models``.
+        scale: ``scale(config, w, num_fields, dim) -> config`` sets the family's
+            widths from one integer ``w``, with cost non-decreasing in ``w``
+            (default: ``width = w``).
     """
 
     name: str
@@ -41,19 +46,34 @@ class Family:
     build: InteractionBuilder
     width: str | None
     description: str
+    scale: WidthScaler | None = None
+
+    def with_width(self, config: Any, width: int, num_fields: int, dim: int) -> Any:
+        """``config`` resized to width ``width`` (see ``scale``)."""
+        if self.scale is not None:
+            return self.scale(config, width, num_fields, dim)
+        if self.width is None:
+            raise ConfigError(f"family {self.name!r} has no width to match a FLOPs budget with")
+        return dataclasses.replace(config, **{self.width: width})
 
 
 _FAMILIES: dict[str, Family] = {}
 _PRESETS: dict[str, tuple[ModelConfig, str]] = {}
 
 
-def register_family(name: str, config_cls: type, width: str | None, description: str):
+def register_family(
+    name: str,
+    config_cls: type,
+    width: str | None,
+    description: str,
+    scale: WidthScaler | None = None,
+):
     """Decorator registering an interaction builder under ``name``."""
 
     def decorator(build: InteractionBuilder) -> InteractionBuilder:
         if name in _FAMILIES:
             raise ValueError(f"family {name!r} is registered twice")
-        _FAMILIES[name] = Family(name, config_cls, build, width, description)
+        _FAMILIES[name] = Family(name, config_cls, build, width, description, scale)
         return build
 
     return decorator

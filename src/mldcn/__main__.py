@@ -1,0 +1,5 @@
+import sys
+
+from mldcn.cli import main
+
+sys.exit(main())

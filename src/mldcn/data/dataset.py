@@ -1,0 +1,103 @@
+"""In-memory (or memory-mapped) tensors of a data split, and batching over them.
+
+A batch is a slice or a gather of whole columns: no per-row Python, no collation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from mldcn.features import FeatureSpec
+
+
+@dataclass(frozen=True)
+class TabularSplit:
+    """Columns of one split, aligned by row.
+
+    Attributes:
+        categorical: int64 ``[N, Fc]`` per-field ids.
+        numeric: float32 ``[N, Fn]``.
+        label: float32 ``[N]`` in {0, 1}.
+        sequence: int64 ``[N, Fs, L]`` (0 = padding) or None.
+    """
+
+    categorical: torch.Tensor
+    numeric: torch.Tensor
+    label: torch.Tensor
+    sequence: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.label.shape[0]
+        for name in ("categorical", "numeric", "sequence"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"{name} has {value.shape[0]} rows, label has {n}")
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The model's positional inputs ``(categorical, numeric, sequence)``."""
+        return self.categorical, self.numeric, self.sequence
+
+    def take(self, index: torch.Tensor) -> "TabularSplit":
+        """Rows at ``index`` (a gather: one copy per column)."""
+        return TabularSplit(
+            self.categorical[index],
+            self.numeric[index],
+            self.label[index],
+            None if self.sequence is None else self.sequence[index],
+        )
+
+    def rows(self, start: int, stop: int) -> "TabularSplit":
+        """Rows ``start:stop`` (views, no copy)."""
+        return TabularSplit(
+            self.categorical[start:stop],
+            self.numeric[start:stop],
+            self.label[start:stop],
+            None if self.sequence is None else self.sequence[start:stop],
+        )
+
+    def to(self, device: torch.device | str) -> "TabularSplit":
+        return TabularSplit(
+            self.categorical.to(device, non_blocking=True),
+            self.numeric.to(device, non_blocking=True),
+            self.label.to(device, non_blocking=True),
+            None if self.sequence is None else self.sequence.to(device, non_blocking=True),
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator["TabularSplit"]:
+        """Batches in order (views) or shuffled by a seeded permutation (gathers)."""
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                index = order[start : start + batch_size]
+                if drop_last and index.numel() < batch_size:
+                    return
+                yield self.take(index)
+        else:
+            for start in range(0, n, batch_size):
+                if drop_last and start + batch_size > n:
+                    return
+                yield self.rows(start, start + batch_size)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A feature spec and its train / valid / test splits, plus facts about them."""
+
+    features: FeatureSpec
+    train: TabularSplit
+    valid: TabularSplit
+    test: TabularSplit
+    info: dict = field(default_factory=dict)

@@ -1,0 +1,80 @@
+"""Matched FLOPs: resize a model's interaction module to a FLOPs budget.
+
+Each family meets a budget with its own width (rank, block width, ...; see
+``Family.scale``), keeping everything else, the head included, as configured.
+The budget is on the **interaction module's** forward FLOPs per example, so that
+a comparison at matched FLOPs is about the interaction module; the head is
+identical across families in a comparison (its input width may differ).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mldcn.config import ConfigError
+from mldcn.features import FeatureSpec
+from mldcn.layers.flops import Flops
+from mldcn.models.config import ModelConfig
+from mldcn.models.registry import get_family
+
+DEFAULT_TOLERANCE = 0.03
+
+
+class BudgetError(ConfigError):
+    """No width of the family lands within the tolerance of the budget."""
+
+
+def interaction_flops(config: ModelConfig, features: FeatureSpec) -> Flops:
+    """Interaction-module FLOPs per example, without allocating any weights."""
+    family = get_family(config.family)
+    with torch.device("meta"):
+        module = family.build(config.interaction, features.num_fields, config.embedding_dim)
+    return module.flops()
+
+
+def match_budget(
+    config: ModelConfig,
+    features: FeatureSpec,
+    budget: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_width: int = 1 << 14,
+) -> ModelConfig:
+    """``config`` with its family's width set so interaction FLOPs are within ±tolerance of budget.
+
+    The width is found by bisection (cost is non-decreasing in width) and the
+    closer of the two neighbours of the budget is taken.
+
+    Raises:
+        BudgetError: if the closest width misses the tolerance (the message says
+            what the family can reach).
+    """
+    if budget <= 0:
+        raise BudgetError(f"the FLOPs budget must be > 0, got {budget}")
+    family = get_family(config.family)
+    num_fields, dim = features.num_fields, config.embedding_dim
+
+    def sized(width: int) -> ModelConfig:
+        return config.replace(interaction=family.with_width(config.interaction, width, num_fields, dim))
+
+    def cost(width: int) -> int:
+        return interaction_flops(sized(width), features).total
+
+    lo, hi = 1, max_width
+    if cost(lo) >= budget:
+        hi = lo
+    while lo < hi:  # smallest width with cost >= budget
+        mid = (lo + hi) // 2
+        if cost(mid) >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    candidates = {max(1, lo - 1), lo}
+    best = min(candidates, key=lambda w: abs(cost(w) - budget))
+    error = cost(best) / budget - 1
+    if abs(error) > tolerance:
+        raise BudgetError(
+            f"{config.family}: no {family.width} lands within ±{tolerance:.0%} of {budget:,.0f} "
+            f"FLOPs; the closest, {family.width}={best}, gives {cost(best):,} ({error:+.1%}); "
+            f"the family spans {cost(1):,} .. {cost(max_width):,} FLOPs"
+        )
+    return sized(best)

@@ -1,0 +1,132 @@
+"""One training run from a resolved config: data → model → fit → test → files.
+
+A run directory holds ``config.yaml`` (the resolved config: rerunning it
+reproduces the run), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the
+best weights) and ``result.json`` (test metrics, cost, throughput).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
+from mldcn.data.dataset import Dataset
+from mldcn.data.synthetic import SyntheticConfig, make_synthetic
+from mldcn.models.config import ModelConfig, model_config_from_dict
+from mldcn.models.flops import model_cost
+from mldcn.models.ranking import RankingModel
+from mldcn.models.registry import create_model
+from mldcn.train.loop import FitResult, TrainConfig, evaluate, fit, seed_everything
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """Where the data comes from.
+
+    Attributes:
+        source: ``synthetic`` (the embedded generator) or ``prepared`` (a directory
+            written by ``mldcn prepare``).
+        path: the prepared directory (``source: prepared``).
+        synthetic: generator settings (``source: synthetic``).
+    """
+
+    source: Literal["synthetic", "prepared"] = "synthetic"
+    path: str | None = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source == "prepared" and not self.path:
+            raise ConfigError("data.path is required when data.source is 'prepared'")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs: data, model, training."""
+
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"data": to_dict(self.data), "model": self.model.to_dict(), "train": to_dict(self.train)}
+
+
+def run_config_from_dict(data: dict) -> RunConfig:
+    """Validate a run config mapping (``data``, ``model``, ``train``); unknown keys are errors."""
+    unknown = sorted(set(data) - {"data", "model", "train"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys are ['data', 'model', 'train']")
+    if "model" not in data:
+        raise ConfigError("the run config needs a 'model' (a preset name or a model mapping)")
+    return RunConfig(
+        model=model_config_from_dict(data["model"], "model"),
+        data=from_dict(DataConfig, data.get("data"), "data"),
+        train=from_dict(TrainConfig, data.get("train"), "train"),
+    )
+
+
+def load_data(config: DataConfig) -> Dataset:
+    if config.source == "synthetic":
+        return make_synthetic(config.synthetic)
+    from mldcn.data.prepared import load_prepared  # noqa: PLC0415  (issue: real data)
+
+    return load_prepared(config.path)
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run."""
+
+    config: RunConfig
+    model: RankingModel
+    fit: FitResult
+    test: dict
+    cost: dict
+    seconds: float
+    run_dir: Path | None
+
+    def summary(self) -> dict:
+        return {
+            "family": self.config.model.family,
+            "test": self.test,
+            "best_valid": self.fit.best_valid,
+            "best_epoch": self.fit.best_epoch,
+            "epochs": len(self.fit.history),
+            "train_examples_per_second": self.fit.train_examples_per_second,
+            "fit_seconds": self.seconds,
+            "cost": self.cost,
+        }
+
+
+def run(config: RunConfig, run_dir: str | Path | None = None, dataset: Dataset | None = None) -> RunResult:
+    """Train and test one model; write the run directory if ``run_dir`` is given."""
+    dataset = dataset if dataset is not None else load_data(config.data)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config.to_dict(), run_dir / "config.yaml")
+    seed_everything(config.train.seed)
+    model = create_model(config.model, dataset.features)
+    cost = model_cost(model)
+    start = time.perf_counter()
+    result = fit(model, dataset.train, dataset.valid, config.train, run_dir)
+    seconds = time.perf_counter() - start
+    test = evaluate(model, dataset.test, config.train.eval_batch_size)
+    cost_dict = {
+        "interaction_flops": cost.interaction.total,
+        "total_flops": cost.total.total,
+        "matmul_flops": cost.total.matmul,
+        "dense_params": cost.dense_params,
+        "embedding_params": cost.embedding_params,
+        "embedding_bytes_read": cost.embedding_bytes_read,
+    }
+    outcome = RunResult(config, model, result, test, cost_dict, seconds, run_dir)
+    if run_dir is not None:
+        summary = {**outcome.summary(), "data": dataset.info}
+        (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    return outcome
