@@ -18,15 +18,6 @@ from mldcn.layers.mask import InstanceGuidedMask
 from mldcn.layers.mldcn import StaticMask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a busy machine OpenMP
-    # threads that wait for each other make every op ~100x slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _copy_cross_weights(src: LowRankCrossNet, dst: MaskedLowRankCrossNet) -> None:
     with torch.no_grad():
@@ -53,7 +44,7 @@ def test_no_mask_equals_lowrank_cross_exactly(batch, fields, dim, num_layers, ra
     with torch.no_grad():
         for up in reference.up:
             up.bias.normal_()
-    masked = MaskedLowRankCrossNet(d, num_layers, rank, mask_kind="none")
+    masked = MaskedLowRankCrossNet(d, num_layers, rank, mask_kind="none", layer_norm="none")
     assert len(masked.masks) == 0
     _copy_cross_weights(reference, masked)
     x = torch.randn(batch, fields, dim)
@@ -80,6 +71,7 @@ def test_instance_mask_with_zero_w2_equals_lowrank_cross_exactly(
         mask_source=mask_source,
         mask_site=mask_site,
         mask_activation="identity",
+        layer_norm="none",
     )
     _copy_cross_weights(reference, masked)
     # at initialisation c2 = 1; W2 is small but not 0. Zero it: the mask is then 1 exactly
@@ -97,7 +89,8 @@ def test_static_mask_at_init_equals_lowrank_cross_exactly(mask_activation, share
     torch.manual_seed(2)
     reference = LowRankCrossNet(6, 3, 2)
     masked = MaskedLowRankCrossNet(
-        6, 3, 2, mask_kind="static", mask_activation=mask_activation, share_mask=share_mask
+        6, 3, 2, mask_kind="static", mask_activation=mask_activation, share_mask=share_mask,
+        layer_norm="none",
     )
     _copy_cross_weights(reference, masked)
     x = torch.randn(4, 6)
@@ -110,7 +103,7 @@ def test_untrained_mldcn_is_close_to_lowrank_cross():
     # low-rank but not equal to it
     torch.manual_seed(3)
     reference = LowRankCrossNet(8, 2, 4)
-    masked = MaskedLowRankCrossNet(8, 2, 4)
+    masked = MaskedLowRankCrossNet(8, 2, 4, layer_norm="none")
     _copy_cross_weights(reference, masked)
     x = torch.randn(16, 8)
     assert not torch.equal(masked(x), reference(x))
@@ -268,9 +261,9 @@ def test_matches_naive_reference(mask_kind, mask_source, mask_site, mask_activat
 def test_mask_source_matters(mask_source):
     # x0 vs xl masks give different outputs with the same weights (after layer 1)
     torch.manual_seed(0)
-    net = MaskedLowRankCrossNet(6, 2, 2, mask_source=mask_source)
+    net = MaskedLowRankCrossNet(6, 2, 2, mask_source=mask_source, layer_norm="none")
     _randomise(net)
-    other = MaskedLowRankCrossNet(6, 2, 2, mask_source="xl" if mask_source == "x0" else "x0")
+    other = MaskedLowRankCrossNet(6, 2, 2, mask_source="xl" if mask_source == "x0" else "x0", layer_norm="none")
     other.load_state_dict(net.state_dict())
     x = torch.randn(3, 6)
     assert not torch.allclose(net(x), other(x))
@@ -303,7 +296,7 @@ def test_invalid_options_raise(kwargs):
 
 def test_invalid_option_message_names_the_option():
     with pytest.raises(ValueError, match="mask_site"):
-        MaskedLowRankCrossNet(6, 2, 2, mask_site="everywhere")
+        MaskedLowRankCrossNet(6, 2, 2, mask_site="everywhere", layer_norm="none")
 
 
 # --------------------------------------------------------------------------- structure
@@ -311,7 +304,7 @@ def test_invalid_option_message_names_the_option():
 
 @pytest.mark.parametrize("mask_site, mask_dim", [("rank", 2), ("input", 6), ("output", 6)])
 def test_mask_width_follows_site(mask_site, mask_dim):
-    net = MaskedLowRankCrossNet(6, 2, 2, mask_site=mask_site, hidden_ratio=2.0)
+    net = MaskedLowRankCrossNet(6, 2, 2, mask_site=mask_site, hidden_ratio=2.0, layer_norm="none")
     assert net.mask_dim == mask_dim
     mask = net.masks[0]
     assert mask.hidden.in_features == 6  # d_s = d
@@ -321,12 +314,12 @@ def test_mask_width_follows_site(mask_site, mask_dim):
 
 def test_shared_x0_mask_is_evaluated_once():
     torch.manual_seed(0)
-    net = MaskedLowRankCrossNet(6, 3, 2, share_mask=True, mask_source="x0")
+    net = MaskedLowRankCrossNet(6, 3, 2, share_mask=True, mask_source="x0", layer_norm="none")
     calls = []
     net.masks[0].register_forward_hook(lambda module, inputs, output: calls.append(1))
     net(torch.randn(2, 6))
     assert len(calls) == 1
-    net_xl = MaskedLowRankCrossNet(6, 3, 2, share_mask=True, mask_source="xl")
+    net_xl = MaskedLowRankCrossNet(6, 3, 2, share_mask=True, mask_source="xl", layer_norm="none")
     calls.clear()
     net_xl.masks[0].register_forward_hook(lambda module, inputs, output: calls.append(1))
     net_xl(torch.randn(2, 6))

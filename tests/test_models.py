@@ -38,15 +38,6 @@ VOCAB_TOTAL = 7 + 5 + 6 + 4
 BATCH = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors gain nothing from intra-op threads, and on a busy machine OpenMP
-    # threads that wait for each other make every op ~100x slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def make_inputs(spec: FeatureSpec = SPEC, batch: int = BATCH, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)

@@ -44,18 +44,19 @@ _CALIBRATION_ROWS = 65_536
 class SyntheticConfig(Config):
     """Size and shape of the synthetic click log.
 
-    The defaults give a realistic CTR problem: 12 categorical fields with
-    vocabularies from 10 to 20,000, 4 numeric fields, CTR ≈ 0.15.
+    The defaults give a CTR problem of 10 categorical fields with vocabularies
+    from 5 to 5,000 (Zipf-distributed) and 4 numeric fields, CTR ≈ 0.15, where
+    the best models of 1M training rows get within about 0.03 AUC of the ceiling.
     """
 
-    train_rows: int = 200_000
-    valid_rows: int = 50_000
-    test_rows: int = 50_000
+    train_rows: int = 1_000_000
+    valid_rows: int = 100_000
+    test_rows: int = 100_000
     seed: int = 0
-    vocab_sizes: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 20000)
+    vocab_sizes: tuple[int, ...] = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
     num_numeric: int = 4
     zipf_exponent: float = 1.05
-    latent_dim: int = 8
+    latent_dim: int = 4
     base_ctr: float = 0.15
     first_order: float = 0.8
     pairwise: float = 0.8

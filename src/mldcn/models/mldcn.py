@@ -24,7 +24,7 @@ class MLDCNConfig(Config):
     mask_activation: Literal["identity", "sigmoid", "2sigmoid", "softplus"] = "identity"
     hidden_ratio: float = 1.0
     share_mask: bool = False
-    layer_norm: Literal["none", "layer"] = "none"
+    layer_norm: Literal["none", "layer"] = "layer"
 
     _positive = ("num_layers", "rank", "hidden_ratio")
 

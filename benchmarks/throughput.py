@@ -1,0 +1,136 @@
+"""Training and inference throughput of each family at one interaction FLOPs budget.
+
+    .venv/bin/python benchmarks/throughput.py --budget 150000 --threads 2
+
+Every family is resized to the same interaction budget (±3%) and given the same
+head, then timed on the same synthetic batches in one process, one after the
+other. Absolute examples/s depend on the machine and its load; the ratio to
+DCNv2 low-rank (measured in the same run) is the figure to compare.
+
+Timed: a training step (forward, BCE, backward, Adam step, gradient clipping) at
+the training batch size, and a forward pass under ``torch.inference_mode`` at
+the inference batch size. Each figure is the median of ``--repeats`` timings of
+``--steps`` steps after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from mldcn.data.synthetic import SyntheticConfig, make_synthetic
+from mldcn.models import create_model, get_preset, model_cost
+from mldcn.models.budget import match_budget
+from mldcn.models.config import HeadConfig
+from mldcn.studies.table import format_table
+
+FAMILIES = ("mldcn", "dcnv2_lowrank", "dcnv2_mixture", "masknet_parallel", "masknet_serial")
+REFERENCES = ("dnn", "lr")
+BASELINE = "dcnv2_lowrank"
+
+
+def time_steps(step, steps: int, repeats: int) -> float:
+    """Median seconds per step."""
+    for _ in range(3):
+        step()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        timings.append((time.perf_counter() - start) / steps)
+    return statistics.median(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", type=float, default=150_000)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--infer-batch-size", type=int, default=8192)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    data = make_synthetic(SyntheticConfig(train_rows=args.infer_batch_size * 2, valid_rows=1, test_rows=1))
+    features = data.features
+    head = HeadConfig(structure="parallel", hidden=(256, 128))
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for name in FAMILIES + REFERENCES:
+        config = get_preset(name)
+        if name in FAMILIES:
+            config = match_budget(config.replace(head=head), features, args.budget)
+        elif name == "dnn":
+            config = config.replace(head=HeadConfig(structure="stacked", hidden=(256, 128)))
+        torch.manual_seed(0)
+        model = create_model(config, features)
+        cost = model_cost(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = nn.BCEWithLogitsLoss()
+
+        def train_step() -> None:
+            index = torch.randint(0, len(data.train), (args.batch_size,), generator=generator)
+            batch = data.train.take(index)
+            loss = loss_fn(model(*batch.inputs()), batch.label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+
+        infer_batch = data.train.rows(0, args.infer_batch_size)
+
+        def infer_step() -> None:
+            with torch.inference_mode():
+                model(*infer_batch.inputs())
+
+        model.train()
+        train_s = time_steps(train_step, args.steps, args.repeats)
+        model.eval()
+        infer_s = time_steps(infer_step, args.steps, args.repeats)
+        train_eps = args.batch_size / train_s
+        infer_eps = args.infer_batch_size / infer_s
+        rows.append(
+            {
+                "model": name,
+                "interaction_flops": cost.interaction.total,
+                "total_flops": cost.total.total,
+                "train_eps": train_eps,
+                "infer_eps": infer_eps,
+                # a training step costs ~3x the forward FLOPs (forward + two backward matmuls)
+                "train_gflops": 3 * cost.total.total * train_eps / 1e9,
+                "infer_gflops": cost.total.total * infer_eps / 1e9,
+            }
+        )
+        print(f"{name}: train {train_eps:,.0f} ex/s, inference {infer_eps:,.0f} ex/s", flush=True)
+    base = next(r for r in rows if r["model"] == BASELINE)
+    for row in rows:
+        row["train_ratio"] = row["train_eps"] / base["train_eps"]
+        row["infer_ratio"] = row["infer_eps"] / base["infer_eps"]
+    columns = [
+        ("model", "model"),
+        ("interaction_flops", "interaction FLOPs/ex"),
+        ("total_flops", "total FLOPs/ex"),
+        ("train_eps", f"train ex/s (batch {args.batch_size})"),
+        ("train_ratio", f"train vs {BASELINE}"),
+        ("train_gflops", "train GFLOP/s"),
+        ("infer_eps", f"inference ex/s (batch {args.infer_batch_size})"),
+        ("infer_ratio", f"inference vs {BASELINE}"),
+        ("infer_gflops", "inference GFLOP/s"),
+    ]
+    print()
+    print(
+        f"interaction budget {args.budget:,.0f} FLOPs/example, head parallel (256, 128), "
+        f"{features.num_fields} fields x D=16, {args.threads} threads, torch {torch.__version__}"
+    )
+    print(format_table(rows, columns, markdown=args.markdown))
+
+
+if __name__ == "__main__":
+    main()
