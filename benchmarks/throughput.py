@@ -22,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from mldcn.data.synthetic import SyntheticConfig, make_synthetic
+from mldcn.data.synthetic import SyntheticClickLog, SyntheticConfig
 from mldcn.models import create_model, get_preset, model_cost
 from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig
@@ -58,8 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = make_synthetic(SyntheticConfig(train_rows=args.infer_batch_size * 2, valid_rows=1, test_rows=1))
-    features = data.features
+    log = SyntheticClickLog(SyntheticConfig())
+    train, _ = log.split(0, 4 * args.infer_batch_size)
+    features = log.features
     head = HeadConfig(structure="parallel", hidden=(256, 128))
     generator = torch.Generator().manual_seed(0)
     rows = []
@@ -76,15 +77,15 @@ def main() -> None:
         loss_fn = nn.BCEWithLogitsLoss()
 
         def train_step() -> None:
-            index = torch.randint(0, len(data.train), (args.batch_size,), generator=generator)
-            batch = data.train.take(index)
+            index = torch.randint(0, len(train), (args.batch_size,), generator=generator)
+            batch = train.take(index)
             loss = loss_fn(model(*batch.inputs()), batch.label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
 
-        infer_batch = data.train.rows(0, args.infer_batch_size)
+        infer_batch = train.rows(0, args.infer_batch_size)
 
         def infer_step() -> None:
             with torch.inference_mode():

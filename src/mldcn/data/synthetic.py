@@ -227,7 +227,8 @@ def make_synthetic(config: SyntheticConfig) -> Dataset:
         splits[name] = split
         label = split.label.numpy()
         info[f"{name}_ctr"] = float(label.mean())
-        info[f"{name}_ceiling_auc"] = auc(label, prob)
+        both_classes = 0 < label.sum() < label.size
+        info[f"{name}_ceiling_auc"] = auc(label, prob) if both_classes else float("nan")
         info[f"{name}_ceiling_logloss"] = logloss(label, prob)
     return Dataset(log.features, splits["train"], splits["valid"], splits["test"], info)
 
