@@ -2,6 +2,8 @@
 
     mldcn demo                      ML-DCN vs DCNv2 vs MaskNet at matched FLOPs (synthetic data)
     mldcn models                    every preset with its FLOPs and parameters
+    mldcn prepare --schema frappe --train ... --valid ... --test ... --out DIR
+                                    preprocess a raw click log
     mldcn train --model mldcn       train one model (config file and/or flags)
 """
 
@@ -68,6 +70,80 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"NE {result.test['ne']:.4f}  calibration {result.test['calibration']:.3f}  "
         f"train {result.fit.train_examples_per_second:,.0f} ex/s"
     )
+    return 0
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="preprocess a raw click log into training arrays",
+        description="Fit vocabularies and statistics on the training rows and encode every split "
+        "into memory-mappable arrays plus a feature map.",
+    )
+    p.add_argument("--schema", required=True, help="built-in schema name (criteo, avazu, frappe, ...) or a YAML file")
+    p.add_argument("--train", help="training file")
+    p.add_argument("--valid", help="validation file")
+    p.add_argument("--test", help="test file")
+    p.add_argument("--input", help="one file to split (with --split random or time)")
+    p.add_argument("--split", choices=["files", "random", "time"], help="default: files, or random with --input")
+    p.add_argument("--valid-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=2021)
+    p.add_argument("--time-column", help="column of a time split")
+    p.add_argument("--valid-from", help="time split: first value of the validation period")
+    p.add_argument("--test-from", help="time split: first value of the test period")
+    p.add_argument("--min-count", type=int, help="override the schema's vocabulary min_count")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
+    p.add_argument("--force", action="store_true", help="prepare again even if the inputs are unchanged")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mldcn.data.prepare import SplitConfig, prepare
+    from mldcn.data.schema import load_schema
+
+    schema = load_schema(args.schema)
+    if args.min_count is not None:
+        schema = dataclasses.replace(schema, min_count=args.min_count)
+    kind = args.split or ("random" if args.input else "files")
+    split = SplitConfig(
+        kind=kind,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.split_seed,
+        time_column=args.time_column,
+        valid_from=args.valid_from,
+        test_from=args.test_from,
+    )
+    report = prepare(
+        schema,
+        args.out,
+        train=args.train,
+        valid=args.valid,
+        test=args.test,
+        input=args.input,
+        split=split,
+        on_bad_rows=args.on_bad_rows,
+        force=args.force,
+        progress=print,
+    )
+    if report["reused"]:
+        print(f"{args.out}: inputs, schema and split unchanged; reusing the prepared data (--force to redo)")
+    for entry in report["inputs"]:
+        print(
+            f"{entry['path']}: {entry['rows_read']:,} rows read = {entry['rows_kept']:,} written "
+            f"+ {entry['rows_skipped']:,} skipped"
+        )
+        for bad in entry["skipped_examples"][:5]:
+            print(f"  skipped line {bad['line']}: {bad['reason']}")
+        if entry["rows_skipped"] > 5:
+            print(f"  ... and {entry['rows_skipped'] - 5:,} more (all listed up to 20 in feature_map.json)")
+    splits = ", ".join(f"{name} {v['rows']:,} ({v['positives'] / max(v['rows'], 1):.1%} positive)" for name, v in report["splits"].items())
+    print(f"splits: {splits}")
+    print(f"{report['rows_read']:,} rows in {report['seconds']:.2f} s ({report['rows_per_second']:,.0f} rows/s) -> {args.out}")
     return 0
 
 
@@ -164,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_models(sub)
+    _add_prepare(sub)
     _add_train(sub)
     return parser
 
@@ -173,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, OSError) as error:
         print(f"mldcn {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,306 @@
+"""Streaming readers for CSV/TSV (optionally compressed), libfm and Parquet click logs.
+
+A reader yields :class:`RawChunk` s: the columns a schema needs, as Arrow arrays,
+with the file line (or Parquet row) number of every row, after validating each
+row. A bad row (wrong column count, missing or non-binary label, non-numeric
+value in a numeric field, libfm feature that is not ``id:1``) either raises a
+:class:`DataError` naming file, line and field, or, with ``on_bad_rows="skip"``,
+is dropped and recorded in :class:`ReadStats` — rows read = rows kept + rows
+skipped, always.
+
+Parsing and validation are vectorised (Arrow C++ kernels); memory is bounded by
+the chunk size, so a file larger than memory streams.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from mldcn.data.schema import DataSchema
+
+OnBadRows = Literal["error", "skip"]
+CHUNK_BYTES = 16 << 20
+PARQUET_BATCH_ROWS = 262_144
+MAX_BAD_ROW_EXAMPLES = 20
+
+_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the line and the field."""
+
+
+@dataclass
+class BadRow:
+    line: int
+    reason: str
+
+
+@dataclass
+class ReadStats:
+    """Row accounting of one input file: ``rows_read == rows_kept + rows_skipped``."""
+
+    path: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    rows_skipped: int = 0
+    examples: list[BadRow] = field(default_factory=list)
+
+    def skip(self, line: int, reason: str) -> None:
+        self.rows_skipped += 1
+        if len(self.examples) < MAX_BAD_ROW_EXAMPLES:
+            self.examples.append(BadRow(int(line), reason))
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "rows_skipped": self.rows_skipped,
+            "skipped_examples": [{"line": b.line, "reason": b.reason} for b in self.examples],
+        }
+
+
+@dataclass
+class RawChunk:
+    """Validated rows: ``columns[name]`` are Arrow arrays; ``lines`` their line numbers."""
+
+    columns: dict[str, pa.Array]
+    lines: np.ndarray
+    label: np.ndarray  # float32 in {0, 1}
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def read_chunks(
+    path: str | Path,
+    schema: DataSchema,
+    on_bad_rows: OnBadRows = "error",
+    stats: ReadStats | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    extra_columns: list[str] | tuple[str, ...] = (),
+) -> Iterator[RawChunk]:
+    """Validated chunks of ``path`` under ``schema``; ``stats`` accumulates the row counts.
+
+    ``extra_columns`` are read too (e.g. the time column of a time split).
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats(str(path))
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    needed = schema.raw_columns() + [c for c in extra_columns if c not in schema.raw_columns()]
+    if schema.format == "parquet":
+        batches = _parquet_batches(path, needed)
+    else:
+        batches = _csv_batches(path, schema, needed, stats, chunk_bytes)
+    rows_before = stats.rows_read
+    for columns, lines in batches:
+        if schema.format == "parquet":
+            stats.rows_read += len(lines)
+        chunk = _validate(path, schema, columns, lines, stats, on_bad_rows)
+        if len(chunk):
+            yield chunk
+    if stats.rows_read == rows_before:
+        raise DataError(f"{path}: no data rows (the file is empty)")
+
+
+def _csv_batches(
+    path: Path, schema: DataSchema, needed: list[str], stats: ReadStats, chunk_bytes: int
+) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
+    """CSV/TSV/libfm record batches as string columns, with line numbers; bad rows go to stats."""
+    libfm = schema.format == "libfm"
+    if libfm:
+        names = [schema.label.name] + [c.column for c in schema.categorical]
+        header, delimiter = False, " "
+    else:
+        names = list(schema.column_names) if not schema.header else None
+        header, delimiter = schema.header, schema.delimiter
+    pending: list[int] = []  # line numbers of rows the parser rejected, since the last batch
+
+    def invalid(row: pcsv.InvalidRow) -> str:
+        pending.append(row.number)
+        what = "empty line" if not (row.text or "").strip() else f"{row.actual_columns} columns"
+        stats.skip(row.number, f"expected {row.expected_columns} columns, found {what}")
+        return "skip"
+
+    try:
+        stream = pa.input_stream(str(path), compression="detect")
+        reader = pcsv.open_csv(
+            stream,
+            read_options=pcsv.ReadOptions(
+                use_threads=False,
+                block_size=chunk_bytes,
+                column_names=names,
+                autogenerate_column_names=False,
+            ),
+            parse_options=pcsv.ParseOptions(
+                delimiter=delimiter, invalid_row_handler=invalid, ignore_empty_lines=False
+            ),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=needed,
+                column_types={c: pa.string() for c in needed},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as error:
+        raise DataError(f"{path}: {_explain(error, needed)}") from None
+
+    next_line = 2 if header else 1
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataError(
+                f"{path}: {_explain(error, needed)} (after line {next_line - 1})"
+            ) from None
+        rejected = sorted(pending)
+        pending.clear()
+        n = batch.num_rows
+        candidates = np.arange(next_line, next_line + n + len(rejected), dtype=np.int64)
+        lines = np.setdiff1d(candidates, np.asarray(rejected, dtype=np.int64), assume_unique=True)[:n]
+        next_line = int(candidates[-1]) + 1 if len(candidates) else next_line
+        stats.rows_read += n + len(rejected)
+        columns = {name: batch.column(name) for name in needed}
+        yield columns, lines
+    if pending:  # rejected rows after the last batch
+        stats.rows_read += len(pending)
+
+
+def _parquet_batches(path: Path, needed: list[str]) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
+    try:
+        file = pq.ParquetFile(str(path))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    missing = [c for c in needed if c not in file.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {file.schema_arrow.names}")
+    row = 1
+    for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=needed):
+        lines = np.arange(row, row + batch.num_rows, dtype=np.int64)
+        row += batch.num_rows
+        yield {name: batch.column(name) for name in needed}, lines
+
+
+def _explain(error: Exception, needed: list[str]) -> str:
+    text = str(error)
+    if "Empty CSV file" in text:
+        return "no data rows (the file is empty)"
+    if "compressed" in text.lower() or "gzip" in text.lower():
+        return f"truncated or corrupt compressed file ({text})"
+    match = re.search(r"include_columns.*?'?([^'\s]+)'? does not exist|Column '?([^' ]+)'? in include_columns", text)
+    if match or "does not exist" in text:
+        return f"a column the schema needs is missing ({text}); the schema reads {needed}"
+    return text
+
+
+def _validate(
+    path: Path,
+    schema: DataSchema,
+    columns: dict[str, pa.Array],
+    lines: np.ndarray,
+    stats: ReadStats,
+    on_bad_rows: OnBadRows,
+) -> RawChunk:
+    """Check label, numeric fields and libfm values; drop or raise on bad rows."""
+    n = len(lines)
+    bad = np.zeros(n, dtype=bool)
+    reasons: list[tuple[np.ndarray, str]] = []
+
+    def flag(mask: np.ndarray, reason) -> None:
+        mask = mask & ~bad
+        if mask.any():
+            reasons.append((mask.copy(), reason))
+            bad[:] |= mask
+
+    # label
+    label_raw = columns[schema.label.name]
+    label_null = _is_null(label_raw)
+    flag(label_null, lambda i: f"field {schema.label.name!r}: missing label")
+    label_value, label_numeric = _as_float(label_raw)
+    flag(~label_numeric & ~label_null, lambda i: f"field {schema.label.name!r}: label {_show(label_raw, i)} is not a number")
+    if schema.label.threshold is None:
+        binary = (label_value == 0) | (label_value == 1)
+        flag(~binary & label_numeric, lambda i: f"field {schema.label.name!r}: label must be 0 or 1, got {_show(label_raw, i)}")
+        label = label_value
+    else:
+        label = (label_value > schema.label.threshold).astype(np.float64)
+
+    # numeric sources
+    numeric_sources = {c.column for c in schema.numeric}
+    numeric_sources |= {c.column for c in schema.categorical if c.derive in ("log_square_bucket", "bucketize")}
+    for name in sorted(numeric_sources):
+        raw = columns[name]
+        _, ok = _as_float(raw)
+        flag(~ok & ~_is_null(raw), lambda i, name=name, raw=raw: f"field {name!r}: {_show(raw, i)} is not a number")
+
+    # libfm: every feature is `id:1`
+    if schema.format == "libfm":
+        for col in schema.categorical:
+            raw = columns[col.column]
+            if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
+                ok = np.asarray(pc.fill_null(pc.match_substring_regex(raw, r"^[^:]+(:1(\.0*)?)?$"), False))
+                flag(~ok, lambda i, raw=raw: f"libfm feature {_show(raw, i)}: expected `id:1`")
+                columns[col.column] = pc.replace_substring_regex(raw, r":.*$", "")
+
+    if bad.any():
+        if on_bad_rows == "error":
+            first = int(np.flatnonzero(bad)[0])
+            reason = next(r for mask, r in reasons if mask[first])
+            raise DataError(f"{path}:{lines[first]}: {reason(first)} (use --on-bad-rows skip to skip bad rows)")
+        for mask, reason in reasons:
+            for i in np.flatnonzero(mask):
+                stats.skip(int(lines[i]), reason(int(i)))
+        keep = ~bad
+        keep_arrow = pa.array(keep)
+        columns = {k: pc.filter(v, keep_arrow) for k, v in columns.items()}
+        lines, label = lines[keep], label[keep]
+    stats.rows_kept += len(lines)
+    return RawChunk(columns, lines, label.astype(np.float32))
+
+
+def _is_null(array: pa.Array) -> np.ndarray:
+    return np.asarray(array.is_null(), dtype=bool)
+
+
+def _as_float(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values as float64 with NaN where missing or invalid, mask of valid numbers)."""
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        ok = np.asarray(pc.fill_null(pc.match_substring_regex(array, _NUMBER), False), dtype=bool)
+        cleaned = pc.if_else(pa.array(ok), array, pa.scalar(None, pa.string()))
+        values = pc.cast(pc.utf8_trim_whitespace(cleaned), pa.float64())
+    else:
+        values = pc.cast(array, pa.float64())
+        ok = ~np.asarray(values.is_null(), dtype=bool)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64), ok
+
+
+def _show(array: pa.Array, index: int) -> str:
+    value = array[index].as_py()
+    return repr(value)
+
+
+def as_float(array: pa.Array, fill: float) -> np.ndarray:
+    """Numeric column as float64, missing values replaced by ``fill`` (rows already validated)."""
+    values, ok = _as_float(array)
+    return np.where(ok, values, fill)
+
+
+def as_string(array: pa.Array) -> pa.Array:
+    """Any column as strings; missing values become the empty string."""
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        array = pc.cast(array, pa.string())
+    return pc.fill_null(array, "")
