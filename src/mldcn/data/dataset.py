@@ -18,10 +18,10 @@ class TabularSplit:
     """Columns of one split, aligned by row.
 
     Attributes:
-        categorical: int64 ``[N, Fc]`` per-field ids.
+        categorical: int64 or int32 ``[N, Fc]`` per-field ids.
         numeric: float32 ``[N, Fn]``.
         label: float32 ``[N]`` in {0, 1}.
-        sequence: int64 ``[N, Fs, L]`` (0 = padding) or None.
+        sequence: int64 or int32 ``[N, Fs, L]`` (0 = padding) or None.
     """
 
     categorical: torch.Tensor
@@ -75,21 +75,31 @@ class TabularSplit:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator["TabularSplit"]:
-        """Batches in order (views) or shuffled by a seeded permutation (gathers)."""
+        """Batches in order (views) or in a seeded random order (gathers).
+
+        With ``world_size > 1`` this yields rank ``rank``'s part of each global
+        batch of ``batch_size * world_size`` rows: every rank walks the same
+        permutation (same generator seed) and takes every ``world_size``-th row
+        of the global batch, so the ranks see disjoint rows, together all rows,
+        and the same number of batches.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         n = len(self)
-        if shuffle:
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, batch_size):
-                index = order[start : start + batch_size]
-                if drop_last and index.numel() < batch_size:
-                    return
-                yield self.take(index)
-        else:
-            for start in range(0, n, batch_size):
-                if drop_last and start + batch_size > n:
-                    return
+        step = batch_size * world_size
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        for start in range(0, n, step):
+            if drop_last and start + step > n:
+                return
+            if order is not None:
+                yield self.take(order[start : start + step][rank::world_size])
+            elif world_size == 1:
                 yield self.rows(start, start + batch_size)
+            else:
+                yield self.take(torch.arange(start + rank, min(start + step, n), world_size))
 
 
 @dataclass(frozen=True)

@@ -248,8 +248,9 @@ class Encoder:
                 categorical[:, j] = np.searchsorted(self.boundaries[col.name], values, side="right") + 1
                 continue
             strings = categorical_strings(col, raw)
-            if col.hash_buckets is not None:
-                categorical[:, j] = stable_hash(strings, col.hash_buckets)
+            if col.hash_buckets is not None:  # ids 1..N; a missing value keeps the OOV id 0
+                missing = np.asarray(pc.equal(strings, ""), dtype=bool)
+                categorical[:, j] = np.where(missing, 0, stable_hash(strings, col.hash_buckets))
             else:
                 ids = pc.index_in(strings, value_set=self.vocabularies[col.name])
                 categorical[:, j] = np.asarray(pc.fill_null(pc.add(ids, 1), 0), dtype=np.int32)

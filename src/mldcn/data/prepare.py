@@ -148,6 +148,18 @@ def _fingerprint(schema: DataSchema, split: SplitConfig, inputs: dict, on_bad_ro
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _arrays_intact(out_dir: Path) -> bool:
+    """Every split's arrays exist with the size the feature map says (cheap: no reading)."""
+    from mldcn.data.prepared import load_split  # noqa: PLC0415  (prepared imports this module)
+
+    try:
+        for name in SPLITS:
+            load_split(out_dir, name, mmap=True)
+    except ValueError:
+        return False
+    return True
+
+
 def prepare(
     schema: DataSchema,
     out_dir: str | Path,
@@ -186,7 +198,7 @@ def prepare(
             previous = read_feature_map(out_dir)
         except ValueError:
             previous = {}
-        if previous.get("fingerprint") == fingerprint:
+        if previous.get("fingerprint") == fingerprint and _arrays_intact(out_dir):
             return {**previous["report"], "reused": True}
     if out_dir.exists():
         for name in ("feature_map.json", "vocab", *SPLITS):

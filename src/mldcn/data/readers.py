@@ -103,7 +103,7 @@ def read_chunks(
     if schema.format == "parquet":
         batches = _parquet_batches(path, needed)
     else:
-        batches = _csv_batches(path, schema, needed, stats, chunk_bytes)
+        batches = _csv_batches(path, schema, needed, stats, chunk_bytes, on_bad_rows)
     rows_before = stats.rows_read
     for columns, lines in batches:
         if schema.format == "parquet":
@@ -116,9 +116,19 @@ def read_chunks(
 
 
 def _csv_batches(
-    path: Path, schema: DataSchema, needed: list[str], stats: ReadStats, chunk_bytes: int
+    path: Path,
+    schema: DataSchema,
+    needed: list[str],
+    stats: ReadStats,
+    chunk_bytes: int,
+    on_bad_rows: OnBadRows = "error",
 ) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
-    """CSV/TSV/libfm record batches as string columns, with line numbers; bad rows go to stats."""
+    """CSV/TSV/libfm record batches as string columns, with line numbers; bad rows go to stats.
+
+    The parser reports the rows it rejects (wrong column count) while it parses,
+    which runs a block ahead of the batches it returns: a rejected row is matched
+    to a batch by its line number, never by when it was reported.
+    """
     libfm = schema.format == "libfm"
     if libfm:
         names = [schema.label.name] + [c.column for c in schema.categorical]
@@ -126,13 +136,32 @@ def _csv_batches(
     else:
         names = list(schema.column_names) if not schema.header else None
         header, delimiter = schema.header, schema.delimiter
-    pending: list[int] = []  # line numbers of rows the parser rejected, since the last batch
+    rejected: dict[int, str] = {}  # line -> reason, for rows the parser rejected and no batch claimed yet
+    all_columns = names
 
     def invalid(row: pcsv.InvalidRow) -> str:
-        pending.append(row.number)
-        what = "empty line" if not (row.text or "").strip() else f"{row.actual_columns} columns"
-        stats.skip(row.number, f"expected {row.expected_columns} columns, found {what}")
+        nonlocal all_columns
+        what = "an empty line" if not (row.text or "").strip() else f"{row.actual_columns}"
+        reason = f"expected {row.expected_columns} columns, found {what}"
+        if 0 < row.actual_columns < row.expected_columns:
+            all_columns = all_columns or _header_names(path, delimiter)
+            if row.actual_columns < len(all_columns):
+                reason += f" (no value for field {all_columns[row.actual_columns]!r})"
+        rejected[row.number] = reason
         return "skip"
+
+    def claim(last_line: int | None) -> list[tuple[int, str]]:
+        """The rejected rows up to ``last_line`` (all if None), counted in ``stats``."""
+        lines = sorted(n for n in rejected if last_line is None or n <= last_line)
+        claimed = [(n, rejected.pop(n)) for n in lines]
+        stats.rows_read += len(claimed)
+        if claimed and on_bad_rows == "skip":
+            for line, reason in claimed:
+                stats.skip(line, reason)
+        return claimed
+
+    def fail(line: int, reason: str) -> DataError:
+        return DataError(f"{path}:{line}: {reason} (use --on-bad-rows skip to skip bad rows)")
 
     try:
         stream = pa.input_stream(str(path), compression="detect")
@@ -167,17 +196,37 @@ def _csv_batches(
             raise DataError(
                 f"{path}: {_explain(error, needed)} (after line {next_line - 1})"
             ) from None
-        rejected = sorted(pending)
-        pending.clear()
         n = batch.num_rows
-        candidates = np.arange(next_line, next_line + n + len(rejected), dtype=np.int64)
-        lines = np.setdiff1d(candidates, np.asarray(rejected, dtype=np.int64), assume_unique=True)[:n]
-        next_line = int(candidates[-1]) + 1 if len(candidates) else next_line
-        stats.rows_read += n + len(rejected)
+        if n == 0:
+            continue
+        # the batch's rows are the next n lines that the parser did not reject
+        skipped = np.asarray(sorted(line for line in rejected if line >= next_line), dtype=np.int64)
+        candidates = np.arange(next_line, next_line + n + len(skipped), dtype=np.int64)
+        lines = np.setdiff1d(candidates, skipped, assume_unique=True)[:n]
+        next_line = int(lines[-1]) + 1
+        claimed = claim(int(lines[-1]))
+        stats.rows_read += n
         columns = {name: batch.column(name) for name in needed}
+        if claimed and on_bad_rows == "error":
+            first, reason = claimed[0]
+            before = int(np.searchsorted(lines, first))  # rows before the bad one are checked first
+            yield {k: v.slice(0, before) for k, v in columns.items()}, lines[:before]
+            raise fail(first, reason)
         yield columns, lines
-    if pending:  # rejected rows after the last batch
-        stats.rows_read += len(pending)
+    claimed = claim(None)  # rejected rows after the last batch
+    if claimed and on_bad_rows == "error":
+        raise fail(*claimed[0])
+
+
+def _header_names(path: Path, delimiter: str) -> list[str]:
+    """The column names on the first line of a CSV (best effort, for error messages)."""
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            head = stream.read(1 << 16)
+    except (pa.ArrowInvalid, OSError):
+        return []
+    first = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    return [name.strip('"') for name in first.split(delimiter)]
 
 
 def _parquet_batches(path: Path, needed: list[str]) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
@@ -253,7 +302,7 @@ def _validate(
             raw = columns[col.column]
             if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
                 ok = np.asarray(pc.fill_null(pc.match_substring_regex(raw, r"^[^:]+(:1(\.0*)?)?$"), False))
-                flag(~ok, lambda i, raw=raw: f"libfm feature {_show(raw, i)}: expected `id:1`")
+                flag(~ok, lambda i, raw=raw, name=col.name: f"field {name!r}: libfm feature {_show(raw, i)}: expected `id:1`")
                 columns[col.column] = pc.replace_substring_regex(raw, r":.*$", "")
 
     if bad.any():
@@ -273,19 +322,30 @@ def _validate(
 
 
 def _is_null(array: pa.Array) -> np.ndarray:
-    return np.asarray(array.is_null(), dtype=bool)
+    """Missing values: null, or NaN in a float column (Parquet's usual missing marker)."""
+    missing = np.asarray(array.is_null(), dtype=bool)
+    if pa.types.is_floating(array.type):
+        missing |= np.asarray(pc.fill_null(pc.is_nan(array), False), dtype=bool)
+    return missing
 
 
 def _as_float(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values as float64 with NaN where missing or invalid, mask of valid numbers)."""
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        try:  # fast path: every present value parses
+            values = np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+            ok = np.isfinite(values)
+            if ok.sum() + array.null_count == len(array):
+                return values, ok
+        except pa.ArrowInvalid:
+            pass
         ok = np.asarray(pc.fill_null(pc.match_substring_regex(array, _NUMBER), False), dtype=bool)
         cleaned = pc.if_else(pa.array(ok), array, pa.scalar(None, pa.string()))
         values = pc.cast(pc.utf8_trim_whitespace(cleaned), pa.float64())
     else:
         values = pc.cast(array, pa.float64())
-        ok = ~np.asarray(values.is_null(), dtype=bool)
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64), ok
+    values = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return values, np.isfinite(values)
 
 
 def _show(array: pa.Array, index: int) -> str:

@@ -8,7 +8,10 @@ errors. Built-in schemas live in ``mldcn/data/schemas/*.yaml``
 Ids written by ``mldcn prepare``:
 
 * categorical field: 0 = out of vocabulary (unseen in train, or rarer than
-  ``min_count``), 1..V = the vocabulary, most frequent first;
+  ``min_count``), 1..V = the vocabulary, most frequent first. A missing value
+  (empty field) is a value of its own, the empty string, with its own id when
+  it is frequent enough (the BARS/FuxiCTR ``na_value: ""`` convention); with
+  ``hash_buckets`` a missing value gets id 0;
 * multi-valued field: 0 = padding, 1 = out of vocabulary, 2..V+1 = the vocabulary.
 """
 

@@ -26,6 +26,7 @@ without generating what comes before it, and memory stays bounded for any size.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,3 +244,56 @@ def _solve_bias(logit: np.ndarray, target: float) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+# Criteo-like vocabulary sizes of C1..C26 (a mix of tiny and large fields).
+CRITEO_VOCAB_SIZES = (
+    1_400, 550, 100_000, 50_000, 300, 24, 12_000, 600, 3, 40_000, 5_000, 100_000, 3_000,
+    27, 14_000, 100_000, 10, 5_000, 2_000, 4, 100_000, 18, 15, 60_000, 100, 45_000,
+)
+
+
+def criteo_like_config(rows: int, seed: int = 0) -> SyntheticConfig:
+    """A synthetic log shaped like Criteo: 26 categorical fields and 13 numeric ones."""
+    return SyntheticConfig(
+        train_rows=rows, valid_rows=1, test_rows=1, seed=seed,
+        vocab_sizes=CRITEO_VOCAB_SIZES, num_numeric=13, base_ctr=0.25,
+    )
+
+
+def write_criteo_tsv(path: str, rows: int, seed: int = 0, missing: float = 0.05) -> None:
+    """Write ``rows`` synthetic rows in the raw Criteo format (no header, tab-separated):
+    label, I1..I13 non-negative integers, C1..C26 8-hex-digit strings; a fraction
+    ``missing`` of the values is empty. Generated and written chunk by chunk.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    log = SyntheticClickLog(criteo_like_config(rows, seed))
+    hex_values = [
+        pa.array([f"{zlib.crc32(f'{f}:{i}'.encode()):08x}" for i in range(size)])
+        for f, size in enumerate(CRITEO_VOCAB_SIZES)
+    ]
+    rng = np.random.default_rng([seed, 3])
+    options = pcsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    with pcsv.CSVWriter(path, _criteo_schema(names), write_options=options) as writer:
+        for start in range(0, rows, CHUNK_ROWS):
+            categorical, numeric, _, label = log.rows(start, min(start + CHUNK_ROWS, rows))
+            n = len(label)
+            columns = [pa.array(label.astype(np.int8))]
+            counts = np.floor(np.expm1(np.abs(numeric) * 2.0)).astype(np.int64)
+            for j in range(13):
+                columns.append(pa.array(counts[:, j], mask=rng.random(n) < missing))
+            for f in range(26):
+                values = hex_values[f].take(pa.array(categorical[:, f]))
+                columns.append(pa.array(values.to_numpy(zero_copy_only=False), mask=rng.random(n) < missing))
+            writer.write_table(pa.table(columns, names=names))
+
+
+def _criteo_schema(names: list[str]):
+    import pyarrow as pa
+
+    return pa.schema(
+        [(names[0], pa.int8())] + [(n, pa.int64()) for n in names[1:14]] + [(n, pa.string()) for n in names[14:]]
+    )
