@@ -56,6 +56,9 @@ class TrainConfig(Config):
         seed: seeds shuffling, dropout and (in the CLI) the initial weights.
         threads: torch intra-op threads (None = torch's default).
         device: ``cpu``, ``cuda`` or ``auto``.
+        precision: ``fp32``, or ``bf16``: the interaction and the head run under
+            bfloat16 autocast (matrix products in bf16, accumulation in fp32);
+            embeddings, the loss and the optimiser state stay fp32.
         progress: show a progress bar.
     """
 
@@ -76,6 +79,7 @@ class TrainConfig(Config):
     seed: int = 2021
     threads: int | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
     progress: bool = True
 
     _positive = ("epochs", "batch_size", "eval_batch_size", "lr", "patience", "embedding_lr", "threads")
@@ -145,25 +149,35 @@ def build_optimizers(model: RankingModel, config: TrainConfig) -> list[torch.opt
     return optimizers
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bfloat16 autocast for ``precision="bf16"``, a disabled context for ``fp32``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.inference_mode()
-def predict_logits(model: nn.Module, split: TabularSplit, batch_size: int = 65536) -> torch.Tensor:
-    """Logits for every row of ``split``, as one CPU tensor (a pure forward pass)."""
+def predict_logits(
+    model: nn.Module, split: TabularSplit, batch_size: int = 65536, precision: str = "fp32"
+) -> torch.Tensor:
+    """Logits for every row of ``split``, as one fp32 CPU tensor (a pure forward pass)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    outputs = [model(*batch.to(device).inputs()).float().cpu() for batch in split.batches(batch_size)]
+    with autocast(device, precision):
+        outputs = [model(*batch.to(device).inputs()).float().cpu() for batch in split.batches(batch_size)]
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def predict(model: nn.Module, split: TabularSplit, batch_size: int = 65536) -> np.ndarray:
+def predict(model: nn.Module, split: TabularSplit, batch_size: int = 65536, precision: str = "fp32") -> np.ndarray:
     """Click probabilities for every row of ``split``."""
-    return torch.sigmoid(predict_logits(model, split, batch_size)).numpy()
+    return torch.sigmoid(predict_logits(model, split, batch_size, precision)).numpy()
 
 
-def evaluate(model: nn.Module, split: TabularSplit, batch_size: int = 65536) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: TabularSplit, batch_size: int = 65536, precision: str = "fp32"
+) -> dict[str, float]:
     """AUC, logloss, normalised entropy and calibration of ``model`` on ``split``."""
-    return binary_metrics(split.label.numpy(), predict(model, split, batch_size))
+    return binary_metrics(split.label.numpy(), predict(model, split, batch_size, precision))
 
 
 def fit(
@@ -214,8 +228,9 @@ def fit(
         )
         for batch in bar:
             batch = batch.to(device)
-            logits = model(*batch.inputs())
-            loss = loss_fn(logits, batch.label)
+            with autocast(device, config.precision):
+                logits = model(*batch.inputs())
+            loss = loss_fn(logits.float(), batch.label)
             if config.embedding_l2 > 0:
                 loss = loss + config.embedding_l2 / 2 * sum(t.pow(2).sum() for t in tables)
             for optimizer in optimizers:
@@ -234,7 +249,7 @@ def fit(
         result.train_examples += len(train)
 
         eval_start = time.perf_counter()
-        valid_metrics = evaluate(model, valid, config.eval_batch_size)
+        valid_metrics = evaluate(model, valid, config.eval_batch_size, config.precision)
         score = valid_metrics[config.monitor]
         improved = score > best_score + 1e-6 if maximise else score < best_score - 1e-6
         record = {

@@ -116,7 +116,7 @@ def run(config: RunConfig, run_dir: str | Path | None = None, dataset: Dataset |
     start = time.perf_counter()
     result = fit(model, dataset.train, dataset.valid, config.train, run_dir)
     seconds = time.perf_counter() - start
-    test = evaluate(model, dataset.test, config.train.eval_batch_size)
+    test = evaluate(model, dataset.test, config.train.eval_batch_size, config.train.precision)
     cost_dict = {
         "interaction_flops": cost.interaction.total,
         "total_flops": cost.total.total,
