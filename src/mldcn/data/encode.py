@@ -24,7 +24,7 @@ from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn, Sequ
 from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField
 
 FORMAT_VERSION = 1
-_COMPACT_ROWS = 2_000_000  # merge partial vocabulary counts beyond this many entries
+_COMPACT_PARTS = 2  # merge the partial vocabulary counts of this many chunks
 _BUCKET_SAMPLE = 1_000_000
 
 
@@ -88,15 +88,12 @@ class _Counter:
 
     def __init__(self) -> None:
         self.parts: list[pa.Table] = []
-        self.rows = 0
 
     def update(self, values: pa.Array) -> None:
         counts = pc.value_counts(values)
         self.parts.append(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
-        self.rows += len(counts)
-        if self.rows > _COMPACT_ROWS:
+        if len(self.parts) > _COMPACT_PARTS:  # memory stays ~ the number of distinct values
             self.parts = [self._merged()]
-            self.rows = self.parts[0].num_rows
 
     def _merged(self) -> pa.Table:
         table = pa.concat_tables(self.parts) if self.parts else pa.table({"value": pa.array([], pa.string()), "count": pa.array([], pa.int64())})

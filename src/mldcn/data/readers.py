@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from mldcn.data.schema import DataSchema
 
 OnBadRows = Literal["error", "skip"]
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 262_144
 MAX_BAD_ROW_EXAMPLES = 20
 

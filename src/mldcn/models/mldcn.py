@@ -59,9 +59,9 @@ register_model(
     "mldcn_frappe",
     ModelConfig(
         "mldcn",
-        MLDCNConfig(num_layers=4, rank=30),
+        MLDCNConfig(num_layers=4, rank=30, layer_norm="none"),
         embedding_dim=10,
         head=HeadConfig(structure="parallel", hidden=(400, 400, 400), dropout=0.4, batch_norm=True),
     ),
-    "ML-DCN with the BARS DCNv2_frappe_x1 head and recipe (4 layers, r=t=30, D=10)",
+    "ML-DCN with the BARS DCNv2_frappe_x1 head and recipe (4 layers, r=t=30, no LayerNorm, D=10)",
 )
