@@ -1,6 +1,7 @@
-"""Training and inference throughput of each family at one interaction FLOPs budget.
+"""Training and inference throughput of each family at one interaction FLOPs budget, and MFU.
 
     .venv/bin/python benchmarks/throughput.py --budget 150000 --threads 2
+    .venv/bin/python benchmarks/throughput.py --budget 2000000 --precision bf16 --mfu
 
 Every family is resized to the same interaction budget (±3%) and given the same
 head, then timed on the same synthetic batches in one process, one after the
@@ -11,6 +12,11 @@ Timed: a training step (forward, BCE, backward, Adam step, gradient clipping) at
 the training batch size, and a forward pass under ``torch.inference_mode`` at
 the inference batch size. Each figure is the median of ``--repeats`` timings of
 ``--steps`` steps after warm-up.
+
+With ``--mfu`` the run first measures the machine's matrix-multiply peak in the
+chosen precision (a square 2048 × 2048 GEMM, best of 5) and reports each
+family's achieved training FLOP/s (3 × forward FLOPs per example × examples/s)
+as a fraction of it: model FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -46,6 +52,19 @@ def time_steps(step, steps: int, repeats: int) -> float:
     return statistics.median(timings)
 
 
+def matmul_peak(precision: str, size: int = 2048) -> float:
+    """Best-of-5 FLOP/s of one square GEMM in ``precision``."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", type=float, default=150_000)
@@ -54,9 +73,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--mfu", action="store_true", help="measure the matmul peak and report MFU")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    peak = matmul_peak(args.precision) if args.mfu else None
+    if peak:
+        print(f"matmul peak ({args.precision}, 2048^3 GEMM, {args.threads} threads): {peak / 1e9:,.0f} GFLOP/s")
+    bf16 = args.precision == "bf16"
 
     log = SyntheticClickLog(SyntheticConfig())
     train, _ = log.split(0, 4 * args.infer_batch_size)
@@ -79,7 +104,9 @@ def main() -> None:
         def train_step() -> None:
             index = torch.randint(0, len(train), (args.batch_size,), generator=generator)
             batch = train.take(index)
-            loss = loss_fn(model(*batch.inputs()), batch.label)
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                logits = model(*batch.inputs())
+            loss = loss_fn(logits.float(), batch.label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -88,7 +115,7 @@ def main() -> None:
         infer_batch = train.rows(0, args.infer_batch_size)
 
         def infer_step() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 model(*infer_batch.inputs())
 
         model.train()
@@ -109,6 +136,8 @@ def main() -> None:
                 "infer_gflops": cost.total.total * infer_eps / 1e9,
             }
         )
+        if peak:
+            rows[-1]["mfu"] = 3 * cost.total.total * train_eps / peak
         print(f"{name}: train {train_eps:,.0f} ex/s, inference {infer_eps:,.0f} ex/s", flush=True)
     base = next(r for r in rows if r["model"] == BASELINE)
     for row in rows:
@@ -125,10 +154,12 @@ def main() -> None:
         ("infer_ratio", f"inference vs {BASELINE}"),
         ("infer_gflops", "inference GFLOP/s"),
     ]
+    if peak:
+        columns.append(("mfu", "train MFU"))
     print()
     print(
         f"interaction budget {args.budget:,.0f} FLOPs/example, head parallel (256, 128), "
-        f"{features.num_fields} fields x D=16, {args.threads} threads, torch {torch.__version__}"
+        f"{features.num_fields} fields x D=16, {args.threads} threads, {args.precision}, torch {torch.__version__}"
     )
     print(format_table(rows, columns, markdown=args.markdown))
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mldcn.layers.dropout import Dropout
 from mldcn.layers.activation import activation_preimage_of_one, init_linear, make_activation
 from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops, activation_flops, linear_flops
 
@@ -132,7 +133,7 @@ class MaskBlock(nn.Module):
         self.projection = nn.Linear(in_dim, out_dim, bias=False)
         init_linear(self.projection)
         self.norm = nn.LayerNorm(out_dim) if layer_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, e: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         masked = self.mask(e) * h  # [B, in_dim]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mldcn.layers.dropout import Dropout
 from mldcn.layers.activation import init_linear, make_activation
 from mldcn.layers.flops import BATCH_NORM, Flops, activation_flops, linear_flops, sum_flops
 
@@ -56,7 +57,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(out))
             layers.append(make_activation(activation))
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = out
         self.layers = nn.Sequential(*layers)
         self.out_dim = width

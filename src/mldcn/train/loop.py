@@ -56,9 +56,13 @@ class TrainConfig(Config):
         seed: seeds shuffling, dropout and (in the CLI) the initial weights.
         threads: torch intra-op threads (None = torch's default).
         device: ``cpu``, ``cuda`` or ``auto``.
-        precision: ``fp32``, or ``bf16``: the interaction and the head run under
-            bfloat16 autocast (matrix products in bf16, accumulation in fp32);
-            embeddings, the loss and the optimiser state stay fp32.
+        precision: ``fp32``; ``bf16``: the interaction and the head run under
+            bfloat16 autocast (matrix products in bf16, accumulation in fp32;
+            embeddings, the loss, the weights and the optimiser state stay fp32);
+            ``auto`` (default): bf16 where the device computes it natively (a CPU
+            with AVX-512 BF16 or AMX, a GPU with bf16), else fp32. On Frappe_x1
+            bf16 trained DCNv2 2.2× faster with no loss of test AUC over 5 seeds
+            (docs/performance.md).
         progress: show a progress bar.
     """
 
@@ -79,7 +83,7 @@ class TrainConfig(Config):
     seed: int = 2021
     threads: int | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     progress: bool = True
 
     _positive = ("epochs", "batch_size", "eval_batch_size", "lr", "patience", "embedding_lr", "threads")
@@ -149,9 +153,18 @@ def build_optimizers(model: RankingModel, config: TrainConfig) -> list[torch.opt
     return optimizers
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → ``bf16`` where ``device`` computes bfloat16 natively, else ``fp32``."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bfloat16 autocast for ``precision="bf16"``, a disabled context for ``fp32``."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bfloat16 autocast for ``bf16`` (or ``auto`` resolving to it), a disabled context for ``fp32``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(precision, device) == "bf16")
 
 
 @torch.inference_mode()

@@ -20,7 +20,7 @@ from mldcn.models.config import ModelConfig, model_config_from_dict
 from mldcn.models.flops import model_cost
 from mldcn.models.ranking import RankingModel
 from mldcn.models.registry import create_model
-from mldcn.train.loop import FitResult, TrainConfig, evaluate, fit, seed_everything
+from mldcn.train.loop import FitResult, TrainConfig, evaluate, fit, resolve_precision, seed_everything
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class RunResult:
     cost: dict
     seconds: float
     run_dir: Path | None
+    precision: str = "fp32"
 
     def summary(self) -> dict:
         return {
@@ -99,6 +100,7 @@ class RunResult:
             "epochs": len(self.fit.history),
             "train_examples_per_second": self.fit.train_examples_per_second,
             "fit_seconds": self.seconds,
+            "precision": self.precision,
             "cost": self.cost,
         }
 
@@ -125,7 +127,8 @@ def run(config: RunConfig, run_dir: str | Path | None = None, dataset: Dataset |
         "embedding_params": cost.embedding_params,
         "embedding_bytes_read": cost.embedding_bytes_read,
     }
-    outcome = RunResult(config, model, result, test, cost_dict, seconds, run_dir)
+    precision = resolve_precision(config.train.precision, next(model.parameters()).device)
+    outcome = RunResult(config, model, result, test, cost_dict, seconds, run_dir, precision)
     if run_dir is not None:
         summary = {**outcome.summary(), "data": dataset.info}
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
