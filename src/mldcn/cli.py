@@ -232,6 +232,129 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_features(data: str | None):
+    """The feature spec of a prepared directory, or of the default synthetic log."""
+    if data:
+        from mldcn.data.encode import read_feature_map
+        from mldcn.features import FeatureSpec
+
+        return FeatureSpec.from_dict(read_feature_map(data)["features"])
+    from mldcn.data.synthetic import SyntheticClickLog, SyntheticConfig
+
+    return SyntheticClickLog(SyntheticConfig()).features
+
+
+def _add_budget(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "budget",
+        help="each family's configuration at a FLOPs budget",
+        description="Resize every family's interaction module to a FLOPs budget (±3%%) and print "
+        "its configuration, FLOPs and parameters.",
+    )
+    p.add_argument("--flops", type=float, required=True, help="interaction FLOPs per example")
+    p.add_argument("--data", help="a prepared data directory (default: the synthetic schema)")
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--families", nargs="+", help="presets (default: the five main families)")
+    p.set_defaults(func=cmd_budget)
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mldcn.models import create_model, get_family, get_preset, model_cost
+    from mldcn.models.budget import BudgetError, match_budget
+    from mldcn.studies.scale import FAMILIES
+    from mldcn.studies.table import format_table
+
+    features = _data_features(args.data)
+    rows = []
+    for name in args.families or FAMILIES:
+        base = get_preset(name).replace(embedding_dim=args.embedding_dim)
+        try:
+            config = match_budget(base, features, args.flops)
+        except BudgetError as error:
+            rows.append({"model": name, "config": f"unreachable: {error}"})
+            continue
+        cost = model_cost(create_model(config, features))
+        family = get_family(config.family)
+        changed = {
+            k: v for k, v in dataclasses.asdict(config.interaction).items() if v != getattr(base.interaction, k)
+        }
+        rows.append(
+            {
+                "model": name,
+                "config": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())
+                or f"{family.width}={getattr(config.interaction, family.width)}",
+                "interaction": cost.interaction.total,
+                "error": f"{cost.interaction.total / args.flops - 1:+.2%}",
+                "total": cost.total.total,
+                "dense": cost.dense_params,
+            }
+        )
+    print(f"interaction budget {args.flops:,.0f} FLOPs/example, {features.num_fields} fields, D={args.embedding_dim}")
+    columns = [
+        ("model", "model"),
+        ("config", "resized to"),
+        ("interaction", "interaction FLOPs"),
+        ("error", "vs budget"),
+        ("total", "total FLOPs"),
+        ("dense", "dense params"),
+    ]
+    print(format_table(rows, columns))
+    return 0
+
+
+def _study_config(args: argparse.Namespace) -> dict:
+    data = load_yaml(args.config) if args.config else {}
+    if args.data:
+        data["data"] = {"source": "prepared", "path": args.data}
+    return apply_overrides(data, args.set)
+
+
+def _add_scale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scale",
+        help="matched-FLOPs sweep: families x budgets x seeds",
+        description="Train every family at every FLOPs budget with several seeds (resumable); write "
+        "the results, a summary with significance tests and an AUC-vs-FLOPs plot.",
+    )
+    p.add_argument("--config", help="scale config YAML (budgets, families, seeds, train, grid, data)")
+    p.add_argument("--data", help="a prepared data directory (default: synthetic)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    p.set_defaults(func=cmd_scale)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from mldcn.studies.scale import run_scale, scale_config_from_dict
+
+    summary = run_scale(scale_config_from_dict(_study_config(args)), args.out)
+    print((Path(args.out) / "summary.md").read_text())
+    del summary
+    return 0
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="ML-DCN's options at one FLOPs budget",
+        description="Train each ML-DCN variant (mask kind, source, site, activation, sharing, "
+        "LayerNorm, width) at one FLOPs budget under the same seeds and compare them.",
+    )
+    p.add_argument("--config", help="ablation config YAML")
+    p.add_argument("--data", help="a prepared data directory (default: synthetic)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    p.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from mldcn.studies.ablate import ablate_config_from_dict, run_ablation
+
+    run_ablation(ablate_config_from_dict(_study_config(args)), args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mldcn",
@@ -240,8 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_models(sub)
+    _add_budget(sub)
+    _add_scale(sub)
+    _add_ablate(sub)
     _add_prepare(sub)
     _add_train(sub)
+    from mldcn.serve.cli import add_commands; add_commands(sub)  # noqa: E702, PLC0415  (predict, export, serve)
     return parser
 
 

@@ -77,7 +77,7 @@ class RawChunk:
 
     columns: dict[str, pa.Array]
     lines: np.ndarray
-    label: np.ndarray  # float32 in {0, 1}
+    label: np.ndarray  # float32 in {0, 1} (NaN when read with require_label=False)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -90,16 +90,20 @@ def read_chunks(
     stats: ReadStats | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     extra_columns: list[str] | tuple[str, ...] = (),
+    require_label: bool = True,
 ) -> Iterator[RawChunk]:
     """Validated chunks of ``path`` under ``schema``; ``stats`` accumulates the row counts.
 
-    ``extra_columns`` are read too (e.g. the time column of a time split).
+    ``extra_columns`` are read too (e.g. the time column of a time split). With
+    ``require_label=False`` (rows to predict) the label column is neither read nor
+    checked and may be absent; the chunks' ``label`` is then NaN.
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats(str(path))
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    needed = schema.raw_columns() + [c for c in extra_columns if c not in schema.raw_columns()]
+    columns = schema.raw_columns() if require_label else _feature_columns(schema)
+    needed = columns + [c for c in extra_columns if c not in columns]
     if schema.format == "parquet":
         batches = _parquet_batches(path, needed)
     else:
@@ -108,11 +112,20 @@ def read_chunks(
     for columns, lines in batches:
         if schema.format == "parquet":
             stats.rows_read += len(lines)
-        chunk = _validate(path, schema, columns, lines, stats, on_bad_rows)
+        chunk = _validate(path, schema, columns, lines, stats, on_bad_rows, require_label)
         if len(chunk):
             yield chunk
     if stats.rows_read == rows_before:
         raise DataError(f"{path}: no data rows (the file is empty)")
+
+
+def _feature_columns(schema: DataSchema) -> list[str]:
+    """The raw columns the features read, each once (the label only if a feature reads it)."""
+    columns: list[str] = []
+    for col in (*schema.categorical, *schema.numeric, *schema.sequence):
+        if col.column not in columns:
+            columns.append(col.column)
+    return columns
 
 
 def _csv_batches(
@@ -263,6 +276,7 @@ def _validate(
     lines: np.ndarray,
     stats: ReadStats,
     on_bad_rows: OnBadRows,
+    require_label: bool = True,
 ) -> RawChunk:
     """Check label, numeric fields and libfm values; drop or raise on bad rows."""
     n = len(lines)
@@ -276,17 +290,20 @@ def _validate(
             bad[:] |= mask
 
     # label
-    label_raw = columns[schema.label.name]
-    label_null = _is_null(label_raw)
-    flag(label_null, lambda i: f"field {schema.label.name!r}: missing label")
-    label_value, label_numeric = _as_float(label_raw)
-    flag(~label_numeric & ~label_null, lambda i: f"field {schema.label.name!r}: label {_show(label_raw, i)} is not a number")
-    if schema.label.threshold is None:
-        binary = (label_value == 0) | (label_value == 1)
-        flag(~binary & label_numeric, lambda i: f"field {schema.label.name!r}: label must be 0 or 1, got {_show(label_raw, i)}")
-        label = label_value
+    if require_label:
+        label_raw = columns[schema.label.name]
+        label_null = _is_null(label_raw)
+        flag(label_null, lambda i: f"field {schema.label.name!r}: missing label")
+        label_value, label_numeric = _as_float(label_raw)
+        flag(~label_numeric & ~label_null, lambda i: f"field {schema.label.name!r}: label {_show(label_raw, i)} is not a number")
+        if schema.label.threshold is None:
+            binary = (label_value == 0) | (label_value == 1)
+            flag(~binary & label_numeric, lambda i: f"field {schema.label.name!r}: label must be 0 or 1, got {_show(label_raw, i)}")
+            label = label_value
+        else:
+            label = (label_value > schema.label.threshold).astype(np.float64)
     else:
-        label = (label_value > schema.label.threshold).astype(np.float64)
+        label = np.full(n, np.nan)
 
     # numeric sources
     numeric_sources = {c.column for c in schema.numeric}

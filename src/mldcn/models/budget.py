@@ -32,6 +32,9 @@ def interaction_flops(config: ModelConfig, features: FeatureSpec) -> Flops:
     return module.flops()
 
 
+MAX_DEPTH = 8
+
+
 def match_budget(
     config: ModelConfig,
     features: FeatureSpec,
@@ -39,42 +42,58 @@ def match_budget(
     tolerance: float = DEFAULT_TOLERANCE,
     max_width: int = 1 << 14,
 ) -> ModelConfig:
-    """``config`` with its family's width set so interaction FLOPs are within ±tolerance of budget.
+    """``config`` resized so its interaction FLOPs are within ±tolerance of ``budget``.
 
-    The width is found by bisection (cost is non-decreasing in width) and the
-    closer of the two neighbours of the budget is taken.
+    The family's width (rank, block width, ...) is found by bisection (cost is
+    non-decreasing in width) and the closer of the two neighbours of the budget
+    is taken. If no width lands within the tolerance at the configured depth
+    (layers, blocks), the nearest depths are tried in turn (d+1, d−1, d+2, ...,
+    from 1 to 8): steps in width are coarse when a family is narrow.
 
     Raises:
-        BudgetError: if the closest width misses the tolerance (the message says
-            what the family can reach).
+        BudgetError: if no depth and width land within the tolerance (the message
+            says what the family can reach).
     """
     if budget <= 0:
         raise BudgetError(f"the FLOPs budget must be > 0, got {budget}")
     family = get_family(config.family)
     num_fields, dim = features.num_fields, config.embedding_dim
 
-    def sized(width: int) -> ModelConfig:
-        return config.replace(interaction=family.with_width(config.interaction, width, num_fields, dim))
+    def closest(interaction) -> tuple[ModelConfig, int]:
+        def sized(width: int) -> ModelConfig:
+            return config.replace(interaction=family.with_width(interaction, width, num_fields, dim))
 
-    def cost(width: int) -> int:
-        return interaction_flops(sized(width), features).total
+        def cost(width: int) -> int:
+            return interaction_flops(sized(width), features).total
 
-    lo, hi = 1, max_width
-    if cost(lo) >= budget:
-        hi = lo
-    while lo < hi:  # smallest width with cost >= budget
-        mid = (lo + hi) // 2
-        if cost(mid) >= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    candidates = {max(1, lo - 1), lo}
-    best = min(candidates, key=lambda w: abs(cost(w) - budget))
-    error = cost(best) / budget - 1
-    if abs(error) > tolerance:
-        raise BudgetError(
-            f"{config.family}: no {family.width} lands within ±{tolerance:.0%} of {budget:,.0f} "
-            f"FLOPs; the closest, {family.width}={best}, gives {cost(best):,} ({error:+.1%}); "
-            f"the family spans {cost(1):,} .. {cost(max_width):,} FLOPs"
-        )
-    return sized(best)
+        lo, hi = 1, max_width
+        if cost(lo) >= budget:
+            hi = lo
+        while lo < hi:  # smallest width with cost >= budget
+            mid = (lo + hi) // 2
+            if cost(mid) >= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        best = min({max(1, lo - 1), lo}, key=lambda w: abs(cost(w) - budget))
+        return sized(best), cost(best)
+
+    depth = family.depth_of(config.interaction)
+    depths = [depth]
+    if depth is not None:
+        for step in range(1, MAX_DEPTH):
+            depths += [d for d in (depth + step, depth - step) if 1 <= d <= MAX_DEPTH]
+    attempts = []
+    for d in depths:
+        interaction = config.interaction if d == depth else family.with_depth(config.interaction, d)
+        sized, flops = closest(interaction)
+        if abs(flops / budget - 1) <= tolerance:
+            return sized
+        attempts.append((sized, flops))
+    sized, flops = min(attempts, key=lambda a: abs(a[1] - budget))
+    raise BudgetError(
+        f"{config.family}: no {family.width}"
+        + (f" or {family.depth}" if family.depth else "")
+        + f" lands within ±{tolerance:.0%} of {budget:,.0f} FLOPs; the closest gives {flops:,} "
+        f"({flops / budget - 1:+.1%})"
+    )

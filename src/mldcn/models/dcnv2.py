@@ -48,13 +48,19 @@ def build_cross(config: CrossConfig, num_fields: int, dim: int) -> CrossNet:
     return CrossNet(num_fields * dim, config.num_layers)
 
 
-@register_family("dcnv2_lowrank", LowRankCrossConfig, width="rank", description="DCNv2 low-rank cross")
+@register_family(
+    "dcnv2_lowrank", LowRankCrossConfig, width="rank", description="DCNv2 low-rank cross", depth="num_layers"
+)
 def build_lowrank(config: LowRankCrossConfig, num_fields: int, dim: int) -> LowRankCrossNet:
     return LowRankCrossNet(num_fields * dim, config.num_layers, config.rank)
 
 
 @register_family(
-    "dcnv2_mixture", MixtureCrossConfig, width="rank", description="DCNv2 mixture of low-rank experts"
+    "dcnv2_mixture",
+    MixtureCrossConfig,
+    width="rank",
+    description="DCNv2 mixture of low-rank experts",
+    depth="num_layers",
 )
 def build_mixture(config: MixtureCrossConfig, num_fields: int, dim: int) -> MixtureCrossNet:
     return MixtureCrossNet(

@@ -62,6 +62,7 @@ def _scale_parallel(config: ParallelMaskNetConfig, width: int, num_fields: int, 
     width="block_dims",
     description="MaskNet, serial MaskBlocks",
     scale=_scale_serial,
+    depth="block_dims",
 )
 def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> SerialMaskNet:
     return SerialMaskNet(
@@ -81,6 +82,7 @@ def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> Seri
     width="block_dim",
     description="MaskNet, parallel MaskBlocks",
     scale=_scale_parallel,
+    depth="num_blocks",
 )
 def build_parallel(config: ParallelMaskNetConfig, num_fields: int, dim: int) -> ParallelMaskNet:
     return ParallelMaskNet(

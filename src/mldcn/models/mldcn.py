@@ -29,7 +29,9 @@ class MLDCNConfig(Config):
     _positive = ("num_layers", "rank", "hidden_ratio")
 
 
-@register_family("mldcn", MLDCNConfig, width="rank", description="ML-DCN masked low-rank cross")
+@register_family(
+    "mldcn", MLDCNConfig, width="rank", description="ML-DCN masked low-rank cross", depth="num_layers"
+)
 def build_mldcn(config: MLDCNConfig, num_fields: int, dim: int) -> MaskedLowRankCrossNet:
     return MaskedLowRankCrossNet(
         num_fields * dim,

@@ -39,6 +39,9 @@ class Family:
         scale: ``scale(config, w, num_fields, dim) -> config`` sets the family's
             widths from one integer ``w``, with cost non-decreasing in ``w``
             (default: ``width = w``).
+        depth: the config field counting layers or blocks, which the budget
+            solver may change when no width alone lands within tolerance (a tuple
+            field, e.g. MaskNet's ``block_dims``, is resized by repeating its first entry).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Family:
     width: str | None
     description: str
     scale: WidthScaler | None = None
+    depth: str | None = None
 
     def with_width(self, config: Any, width: int, num_fields: int, dim: int) -> Any:
         """``config`` resized to width ``width`` (see ``scale``)."""
@@ -55,6 +59,18 @@ class Family:
         if self.width is None:
             raise ConfigError(f"family {self.name!r} has no width to match a FLOPs budget with")
         return dataclasses.replace(config, **{self.width: width})
+
+    def depth_of(self, config: Any) -> int | None:
+        if self.depth is None:
+            return None
+        value = getattr(config, self.depth)
+        return len(value) if isinstance(value, tuple) else value
+
+    def with_depth(self, config: Any, depth: int) -> Any:
+        """``config`` with ``depth`` layers / blocks."""
+        value = getattr(config, self.depth)
+        new = (value[0],) * depth if isinstance(value, tuple) else depth
+        return dataclasses.replace(config, **{self.depth: new})
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -67,13 +83,14 @@ def register_family(
     width: str | None,
     description: str,
     scale: WidthScaler | None = None,
+    depth: str | None = None,
 ):
     """Decorator registering an interaction builder under ``name``."""
 
     def decorator(build: InteractionBuilder) -> InteractionBuilder:
         if name in _FAMILIES:
             raise ValueError(f"family {name!r} is registered twice")
-        _FAMILIES[name] = Family(name, config_cls, build, width, description, scale)
+        _FAMILIES[name] = Family(name, config_cls, build, width, description, scale, depth)
         return build
 
     return decorator

@@ -52,6 +52,8 @@ class TrainConfig(Config):
             ``logloss`` minimised).
         patience: stop after this many evaluations without improvement.
         lr_decay: multiply the learning rates by this on each plateau (1 = off).
+        max_minutes: stop after the epoch that passes this much training time
+            (None = no limit); the best weights so far are kept.
         min_lr: floor of the decayed learning rate.
         seed: seeds shuffling, dropout and (in the CLI) the initial weights.
         threads: torch intra-op threads (None = torch's default).
@@ -80,13 +82,14 @@ class TrainConfig(Config):
     patience: int = 2
     lr_decay: float = 0.1
     min_lr: float = 1e-6
+    max_minutes: float | None = None
     seed: int = 2021
     threads: int | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     progress: bool = True
 
-    _positive = ("epochs", "batch_size", "eval_batch_size", "lr", "patience", "embedding_lr", "threads")
+    _positive = ("epochs", "batch_size", "eval_batch_size", "lr", "patience", "embedding_lr", "threads", "max_minutes")
     _non_negative = ("weight_decay", "embedding_l2", "min_lr")
 
     def __post_init__(self) -> None:
@@ -110,6 +113,7 @@ class FitResult:
     train_seconds: float = 0.0
     train_examples: int = 0
     stopped_early: bool = False
+    stopped_by_time: bool = False
 
     @property
     def train_examples_per_second(self) -> float:
@@ -226,6 +230,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     result = FitResult()
     bad_epochs = 0
+    fit_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -299,5 +304,8 @@ def fit(
             if bad_epochs >= config.patience:
                 result.stopped_early = True
                 break
+        if config.max_minutes is not None and time.perf_counter() - fit_start > 60 * config.max_minutes:
+            result.stopped_by_time = True
+            break
     model.load_state_dict(best_state)
     return result

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml`` (the resolved config: rerunning it
 reproduces the run), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the
-best weights) and ``result.json`` (test metrics, cost, throughput).
+best weights), ``result.json`` (test metrics, cost, throughput) and ``model/``
+(the model artifact: ``mldcn predict``, ``mldcn export`` and ``mldcn serve`` take it).
 """
 
 from __future__ import annotations
@@ -132,4 +133,15 @@ def run(config: RunConfig, run_dir: str | Path | None = None, dataset: Dataset |
     if run_dir is not None:
         summary = {**outcome.summary(), "data": dataset.info}
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+        _save_model_artifact(config, model, run_dir / "model", {"test": test, "data": dataset.info})
     return outcome
+
+
+def _save_model_artifact(config: RunConfig, model: RankingModel, directory: Path, extra: dict) -> None:
+    """The served model (``mldcn predict/export/serve``): weights, config, features and, for
+    prepared data, the fitted preprocessing; synthetic-data models take encoded ids."""
+    from mldcn.data.encode import Encoder  # noqa: PLC0415
+    from mldcn.serve.artifact import save_artifact  # noqa: PLC0415
+
+    encoder = Encoder.load(config.data.path) if config.data.source == "prepared" else None
+    save_artifact(directory, model, encoder, extra=extra)

@@ -1,0 +1,338 @@
+"""Batch prediction: raw rows in, click probabilities out, with the training preprocessing.
+
+``predict_file`` streams: the data readers yield validated chunks (bounded by the
+chunk size, whatever the file size), the artifact's codec encodes them (unknown
+categories → the OOV id), the backend scores them in batches and the writer
+appends the probabilities (CSV or Parquet) chunk by chunk. Rows read always equal
+rows written plus rows skipped (``--on-bad-rows skip``).
+
+A backend is a callable ``Encoded → probabilities float32 [B]``:
+:class:`TorchBackend` (eager PyTorch, fp32 or bf16 autocast) or
+:class:`OnnxBackend` (ONNX Runtime on the exported graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import torch
+
+from mldcn.data.encode import Encoded
+from mldcn.data.readers import CHUNK_BYTES, OnBadRows, ReadStats, read_chunks
+from mldcn.features import FeatureSpec
+from mldcn.models.ranking import RankingModel
+from mldcn.serve.artifact import Artifact, ArtifactError
+from mldcn.serve.export import WEIGHTS_KEY, input_names, onnx_model_proto, onnx_session
+from mldcn.serve.inputs import IdInputs, input_codec
+from mldcn.train.loop import autocast
+
+BackendName = Literal["torch", "onnx"]
+Precision = Literal["fp32", "bf16"]
+PROBABILITY = "probability"
+
+
+class Backend(Protocol):
+    """Scores encoded rows: ``Encoded`` (n rows) → probabilities float32 ``[n]``."""
+
+    name: str
+
+    def __call__(self, encoded: Encoded) -> np.ndarray: ...
+
+
+def _tensors(encoded: Encoded, features: FeatureSpec) -> dict[str, np.ndarray]:
+    """The exported graph's inputs from an encoder's arrays (int64 ids, float32 values)."""
+    arrays = {
+        "categorical": encoded.categorical.astype(np.int64, copy=False),
+        "numeric": encoded.numeric.astype(np.float32, copy=False),
+        "sequence": None if encoded.sequence is None else encoded.sequence.astype(np.int64, copy=False),
+    }
+    return {name: np.ascontiguousarray(arrays[name]) for name in input_names(features)}
+
+
+class TorchBackend:
+    """Eager PyTorch under ``torch.inference_mode``; ``bf16`` runs under bfloat16 autocast."""
+
+    name = "torch"
+
+    def __init__(self, model: RankingModel, precision: Precision = "fp32") -> None:
+        self.model = model.eval()
+        self.precision = precision
+        self.features = model.embedding.features
+        self.device = next(model.parameters()).device
+
+    def __call__(self, encoded: Encoded) -> np.ndarray:
+        arrays = _tensors(encoded, self.features)
+        n = len(encoded.categorical)
+        categorical = torch.from_numpy(arrays["categorical"]) if "categorical" in arrays else torch.zeros(n, 0, dtype=torch.int64)
+        numeric = torch.from_numpy(arrays["numeric"]) if "numeric" in arrays else torch.zeros(n, 0)
+        sequence = torch.from_numpy(arrays["sequence"]) if "sequence" in arrays else None
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            logits = self.model(categorical, numeric, sequence)  # [B]
+        return torch.sigmoid(logits.float()).numpy()
+
+
+class OnnxBackend:
+    """ONNX Runtime on the exported :class:`~mldcn.serve.export.ProbabilityModel`."""
+
+    name = "onnx"
+
+    def __init__(self, session, features: FeatureSpec) -> None:
+        self.session = session
+        self.features = features
+
+    def __call__(self, encoded: Encoded) -> np.ndarray:
+        return self.session.run([PROBABILITY], _tensors(encoded, self.features))[0]
+
+
+def make_backend(
+    artifact: Artifact,
+    backend: BackendName = "torch",
+    precision: Precision = "fp32",
+    onnx_path: str | Path | None = None,
+    threads: int | None = None,
+) -> Backend:
+    """The backend for ``artifact``.
+
+    ``onnx`` uses ``onnx_path``, else ``<artifact>/model.onnx`` if ``mldcn export``
+    wrote one, else exports the model in memory. An ONNX file exported from other
+    weights than the artifact's is refused.
+    """
+    if backend == "torch":
+        return TorchBackend(artifact.model, precision)
+    if backend != "onnx":
+        raise ValueError(f"unknown backend {backend!r}; choose torch or onnx")
+    if precision != "fp32":
+        raise ValueError("the onnx backend runs the fp32 export; use --precision fp32 (or --backend torch)")
+    path = Path(onnx_path) if onnx_path is not None else artifact.path / "model.onnx"
+    if path.exists():
+        session = onnx_session(path, threads)
+        recorded = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
+        if recorded is not None and recorded != artifact.weights_sha256:
+            raise ArtifactError(f"{path}: exported from other weights than {artifact.path}; run `mldcn export` again")
+    elif onnx_path is not None:
+        raise ArtifactError(f"{path}: no such ONNX file")
+    else:
+        session = onnx_session(onnx_model_proto(artifact.model, artifact.weights_sha256).SerializeToString(), threads)
+    return OnnxBackend(session, artifact.features)
+
+
+def score(backend: Backend, encoded: Encoded, batch_size: int) -> np.ndarray:
+    """Probabilities of every row of ``encoded``, in batches of ``batch_size``."""
+    n = len(encoded.categorical)
+    parts = []
+    for start in range(0, n, batch_size):
+        stop = start + batch_size
+        batch = Encoded(
+            encoded.categorical[start:stop],
+            encoded.numeric[start:stop],
+            None if encoded.sequence is None else encoded.sequence[start:stop],
+        )
+        parts.append(backend(batch))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class _Writer:
+    """Appends tables to a CSV or Parquet file (by suffix: ``.parquet``/``.pq`` is Parquet)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parquet = path.suffix.lower() in (".parquet", ".pq")
+        self.writer = None
+        self.rows = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            if self.parquet:
+                self.writer = pq.ParquetWriter(str(self.path), table.schema)
+            else:
+                self.writer = pcsv.CSVWriter(str(self.path), table.schema)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self, schema: pa.Schema) -> None:
+        if self.writer is None:  # no rows: still write the header / an empty file
+            self.write(schema.empty_table())
+        self.writer.close()
+
+
+@dataclass
+class PredictReport:
+    """Row accounting of one prediction: ``rows_read == rows_written + rows_skipped``."""
+
+    input: str
+    output: str
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_skipped: int = 0
+    skipped_examples: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    backend: str = "torch"
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "rows_per_second": self.rows_per_second}
+
+
+def _input_schema(artifact: Artifact, path: Path, input_format: str | None):
+    """The codec and the schema ``path`` is read with: the training schema, or Parquet by suffix."""
+    codec = input_codec(artifact.encoder, artifact.features)
+    if input_format is None and path.suffix.lower() in (".parquet", ".pq"):
+        input_format = "parquet"
+    if isinstance(codec, IdInputs):
+        return codec, codec.file_schema(input_format or "csv")
+    schema = codec.schema
+    if input_format is not None and input_format != schema.format:
+        schema = dataclasses.replace(schema, format=input_format)
+    return codec, schema
+
+
+def predict_file(
+    artifact: Artifact,
+    input: str | Path,
+    output: str | Path,
+    *,
+    backend: Backend | None = None,
+    batch_size: int = 8192,
+    on_bad_rows: OnBadRows = "error",
+    keep_columns: tuple[str, ...] = (),
+    line_numbers: bool = False,
+    input_format: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> PredictReport:
+    """Score every row of ``input`` and write the probabilities to ``output``.
+
+    Args:
+        artifact: the model and its preprocessing.
+        input: a raw file in the artifact schema's format (CSV/TSV, .gz ok; libfm);
+            ``.parquet`` files are read as Parquet. The label column may be absent.
+        output: ``.parquet``/``.pq`` → Parquet, anything else → CSV. Columns:
+            ``keep_columns`` (copied from the input), ``line`` (with
+            ``line_numbers``), ``probability``.
+        backend: default: eager PyTorch, fp32.
+        batch_size: rows per forward pass.
+        on_bad_rows: ``error`` (stop at the first, naming file, line and field)
+            or ``skip`` (count and drop them; use ``line_numbers`` to align).
+        input_format: override the format (``csv``, ``libfm``, ``parquet``).
+    """
+    input, output = Path(input), Path(output)
+    if input.resolve() == output.resolve():
+        raise ValueError(f"{output}: the output would overwrite the input")
+    backend = backend or TorchBackend(artifact.model)
+    codec, schema = _input_schema(artifact, input, input_format)
+    stats = ReadStats(str(input))
+    report = PredictReport(str(input), str(output), backend=backend.name)
+    writer = _Writer(output)
+    start = time.perf_counter()
+    out_schema = None
+    try:
+        for chunk in read_chunks(
+            input, schema, on_bad_rows, stats, chunk_bytes, extra_columns=keep_columns, require_label=False
+        ):
+            probabilities = score(backend, codec.encode_columns(chunk.columns, chunk.lines), batch_size)
+            columns = {name: chunk.columns[name] for name in keep_columns}
+            if line_numbers:
+                columns["line"] = pa.array(chunk.lines)
+            columns[PROBABILITY] = pa.array(probabilities, pa.float32())
+            table = pa.table(columns)
+            out_schema = table.schema
+            writer.write(table)
+    finally:
+        if out_schema is None:
+            fields = [pa.field(n, pa.string()) for n in keep_columns]
+            fields += [pa.field("line", pa.int64())] if line_numbers else []
+            out_schema = pa.schema([*fields, pa.field(PROBABILITY, pa.float32())])
+        writer.close(out_schema)
+    report.seconds = time.perf_counter() - start
+    report.rows_read, report.rows_skipped = stats.rows_read, stats.rows_skipped
+    report.rows_written = writer.rows
+    report.skipped_examples = [{"line": b.line, "reason": b.reason} for b in stats.examples]
+    if report.rows_read != report.rows_written + report.rows_skipped:  # an invariant, not a user error
+        raise RuntimeError(
+            f"row accounting broken: read {report.rows_read} != written {report.rows_written} + skipped {report.rows_skipped}"
+        )
+    return report
+
+
+def predict_prepared(
+    artifact: Artifact,
+    directory: str | Path,
+    split: str,
+    output: str | Path,
+    *,
+    backend: Backend | None = None,
+    batch_size: int = 8192,
+) -> PredictReport:
+    """Score a split of a prepared directory (``mldcn prepare``); the output has ``label`` and ``probability``.
+
+    The directory's features must be the artifact's (same vocabularies).
+    """
+    from mldcn.data.encode import read_feature_map  # noqa: PLC0415
+    from mldcn.data.prepared import load_split  # noqa: PLC0415
+
+    directory, output = Path(directory), Path(output)
+    features = FeatureSpec.from_dict(read_feature_map(directory)["features"])
+    if features != artifact.features:
+        raise ArtifactError(f"{directory}: its features differ from the model's in {artifact.path}")
+    data = load_split(directory, split, mmap=True)
+    backend = backend or TorchBackend(artifact.model)
+    report = PredictReport(f"{directory}:{split}", str(output), backend=backend.name)
+    writer = _Writer(output)
+    out_schema = pa.schema([pa.field("label", pa.float32()), pa.field(PROBABILITY, pa.float32())])
+    start = time.perf_counter()
+    try:
+        rows_per_chunk = max(batch_size, 1 << 16)
+        for begin in range(0, len(data), rows_per_chunk):
+            part = data.rows(begin, begin + rows_per_chunk)
+            encoded = Encoded(
+                part.categorical.numpy(),
+                part.numeric.numpy(),
+                None if part.sequence is None else part.sequence.numpy(),
+            )
+            probabilities = score(backend, encoded, batch_size)
+            writer.write(pa.table({"label": part.label.numpy(), PROBABILITY: probabilities}, schema=out_schema))
+    finally:
+        writer.close(out_schema)
+    report.seconds = time.perf_counter() - start
+    report.rows_read = len(data)
+    report.rows_written = writer.rows
+    if report.rows_read != report.rows_written:
+        raise RuntimeError(f"row accounting broken: read {report.rows_read} != written {report.rows_written}")
+    return report
+
+
+def read_probabilities(path: str | Path) -> np.ndarray:
+    """The ``probability`` column of a prediction file (CSV or Parquet) as float32."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        table = pq.read_table(path, columns=[PROBABILITY])
+    else:
+        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=[PROBABILITY]))
+    return table[PROBABILITY].to_numpy().astype(np.float32)
+
+
+__all__ = [
+    "Backend",
+    "OnnxBackend",
+    "PredictReport",
+    "TorchBackend",
+    "make_backend",
+    "predict_file",
+    "predict_prepared",
+    "read_probabilities",
+    "score",
+]

@@ -1,0 +1,153 @@
+"""``mldcn ablate``: ML-DCN's open choices at one FLOPs budget, under the same seeds.
+
+Every variant changes options of the ML-DCN preset (DESIGN.md's list: no mask,
+static mask, mask source, mask site, mask activation, shared mask, LayerNorm,
+mask width), is resized to the same interaction budget, and trains with the
+same recipe and seeds. Each variant is compared with the ``baseline`` variant
+by a paired t-test over seeds. Outputs ``results.jsonl``, ``ablation.md`` and
+``ablation.json`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
+from mldcn.models.budget import match_budget
+from mldcn.models.config import HeadConfig
+from mldcn.models.registry import get_preset
+from mldcn.studies.runner import RunSpec, run_study
+from mldcn.studies.stats import paired_t
+from mldcn.studies.table import format_table
+from mldcn.train.loop import TrainConfig
+from mldcn.train.run import DataConfig, load_data
+
+#: DESIGN.md's options, each as a change to the ML-DCN preset.
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "no_mask": {"mask_kind": "none"},
+    "static_mask": {"mask_kind": "static"},
+    "source_xl": {"mask_source": "xl"},
+    "site_input": {"mask_site": "input"},
+    "site_output": {"mask_site": "output"},
+    "g_sigmoid": {"mask_activation": "sigmoid"},
+    "g_2sigmoid": {"mask_activation": "2sigmoid"},
+    "g_softplus": {"mask_activation": "softplus"},
+    "shared_mask": {"share_mask": True},
+    "hidden_ratio_0.5": {"hidden_ratio": 0.5},
+    "hidden_ratio_2": {"hidden_ratio": 2.0},
+    "layer_norm_none": {"layer_norm": "none"},
+    "no_mask_layer_norm_none": {"mask_kind": "none", "layer_norm": "none"},
+}
+
+
+@dataclass(frozen=True)
+class AblateConfig(Config):
+    """An ablation of ML-DCN's options.
+
+    Attributes:
+        budget: interaction FLOPs per example every variant is resized to.
+        variants: names from :data:`VARIANTS` (or keys of ``custom``).
+        custom: extra variants, name → ML-DCN options to change.
+        baseline: the variant every other is compared with.
+        preset: the ML-DCN preset the variants start from.
+    """
+
+    budget: float = 150_000
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    custom: dict = field(default_factory=dict)
+    baseline: str = "default"
+    preset: str = "mldcn"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    embedding_dim: int = 16
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(structure="parallel", hidden=(256, 128)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=2048, patience=1, progress=False))
+    data: DataConfig = field(default_factory=DataConfig)
+
+    _positive = ("budget", "embedding_dim")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        known = {**VARIANTS, **self.custom}
+        unknown = [v for v in self.variants if v not in known]
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {unknown}; known: {sorted(known)}")
+        if self.baseline not in self.variants:
+            raise ConfigError(f"baseline {self.baseline!r} is not among the variants")
+        if get_preset(self.preset).family != "mldcn":
+            raise ConfigError(f"preset {self.preset!r} is not an ML-DCN preset")
+
+
+def ablate_config_from_dict(data: dict) -> AblateConfig:
+    return from_dict(AblateConfig, data, "ablate")
+
+
+def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str], None] = print) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(to_dict(config), out_dir / "ablate.yaml")
+    dataset = load_data(config.data)
+    options = {**VARIANTS, **config.custom}
+    base = get_preset(config.preset).replace(embedding_dim=config.embedding_dim, head=config.head)
+    specs, models = [], {}
+    for name in config.variants:
+        try:
+            model = match_budget(base.with_interaction(**options[name]), dataset.features, config.budget)
+        except TypeError as error:
+            raise ConfigError(f"variant {name!r}: {error}") from None
+        models[name] = model
+        for seed in config.seeds:
+            train = dataclasses.replace(config.train, seed=seed)
+            labels = {"variant": name, "seed": seed, "rank": model.interaction.rank}
+            specs.append(RunSpec(f"{name}|seed={seed}", model, train, labels))
+    results = run_study(specs, dataset, config.data, out_dir, echo)
+
+    def aucs(name: str) -> list[float]:
+        return [results[f"{name}|seed={s}"]["test_auc"] for s in config.seeds]
+
+    rows = []
+    for name in config.variants:
+        values = aucs(name)
+        losses = [results[f"{name}|seed={s}"]["test_logloss"] for s in config.seeds]
+        paired = paired_t(values, aucs(config.baseline))
+        rows.append(
+            {
+                "variant": name,
+                "options": ", ".join(f"{k}={v}" for k, v in options[name].items()) or "(preset)",
+                "rank": models[name].interaction.rank,
+                "interaction_flops": results[f"{name}|seed={config.seeds[0]}"]["interaction_flops"],
+                "auc_mean": statistics.fmean(values),
+                "auc": _pm(values),
+                "logloss": _pm(losses),
+                "difference": paired.mean_difference,
+                "p_value": paired.p_value,
+            }
+        )
+    columns = [
+        ("variant", "variant"),
+        ("options", "change"),
+        ("rank", "rank"),
+        ("interaction_flops", "interaction FLOPs"),
+        ("auc", "test AUC (mean ± std)"),
+        ("logloss", "test logloss"),
+        ("difference", f"AUC − {config.baseline}"),
+        ("p_value", "paired t p"),
+    ]
+    table = format_table(rows, columns, markdown=True)
+    (out_dir / "ablation.md").write_text(
+        f"# ML-DCN ablation at {config.budget:,.0f} interaction FLOPs ({config.data.source})\n\n"
+        f"Seeds {list(config.seeds)}; every variant resized to the budget.\n\n{table}\n"
+    )
+    summary = {"rows": rows, "baseline": config.baseline, "budget": config.budget}
+    (out_dir / "ablation.json").write_text(json.dumps(summary, indent=2))
+    echo(table)
+    return summary
+
+
+def _pm(values) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"

@@ -1,0 +1,44 @@
+"""Plots of study results (matplotlib, an optional extra: ``pip install mldcn[plot]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def plot_auc_vs_flops(rows: Sequence[dict], path: str | Path, title: str = "") -> Path | None:
+    """Test AUC (mean ± std over seeds) against interaction FLOPs per example, one line per family.
+
+    ``rows`` have ``family``, ``interaction_flops``, ``auc_mean``, ``auc_std``.
+    Returns the PNG path, or None when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for family in dict.fromkeys(r["family"] for r in rows):
+        points = sorted((r for r in rows if r["family"] == family), key=lambda r: r["interaction_flops"])
+        ax.errorbar(
+            [r["interaction_flops"] for r in points],
+            [r["auc_mean"] for r in points],
+            yerr=[r["auc_std"] for r in points],
+            marker="o",
+            capsize=3,
+            label=family,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("interaction FLOPs per example (log scale)")
+    ax.set_ylabel("test AUC (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

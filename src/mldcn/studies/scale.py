@@ -1,0 +1,279 @@
+"""``mldcn scale``: the paper's experiment — families × FLOPs budgets × seeds.
+
+For every family and budget the family's width is solved to the budget
+(``match_budget``, ±3%), all families share one head and one training recipe,
+and every family gets the same tuning: a small grid over the learning rate and
+the embedding regulariser, run on the first seed and chosen on validation AUC
+(never on test); the other seeds then train the chosen setting. The outputs:
+
+    results.jsonl / results.csv    every run (resumable: finished runs are skipped)
+    summary.md / summary.json      mean ± std test AUC and logloss per family and budget,
+                                   paired t-tests over seeds and DeLong tests (first seed)
+                                   of the reference family against each rival, latency
+    auc_vs_flops.png               test AUC against interaction FLOPs, one line per family
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
+from mldcn.data.dataset import Dataset
+from mldcn.models.budget import match_budget
+from mldcn.models.config import HeadConfig, ModelConfig
+from mldcn.models.registry import create_model, get_family, get_preset
+from mldcn.studies.plots import plot_auc_vs_flops
+from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
+from mldcn.studies.stats import delong, paired_t
+from mldcn.studies.table import format_table
+from mldcn.train.loop import TrainConfig
+from mldcn.train.run import DataConfig, load_data
+
+FAMILIES = ("mldcn", "dcnv2_lowrank", "masknet_parallel", "wukong", "rankmixer")
+
+
+@dataclass(frozen=True)
+class TuningGrid(Config):
+    """The hyper-parameters every family is tuned over (same grid for all)."""
+
+    lr: tuple[float, ...] = (1e-3, 3e-3)
+    embedding_l2: tuple[float, ...] = (0.0,)
+
+    _positive = ("lr",)
+
+
+@dataclass(frozen=True)
+class ScaleConfig(Config):
+    """A matched-FLOPs sweep.
+
+    Attributes:
+        budgets: interaction FLOPs per example to match (±3%).
+        families: model presets, one per family; each is resized to each budget.
+        seeds: training seeds (the first one also runs the tuning grid).
+        reference: the preset compared against every other (significance tests).
+        embedding_dim, head: shared by all families.
+        train: the shared training recipe (``lr``/``embedding_l2`` come from ``grid``).
+        grid: the tuning grid.
+        latency_batches: batch sizes of the forward-latency measurement.
+        data: the data set.
+    """
+
+    budgets: tuple[float, ...] = (50_000, 150_000, 500_000, 1_500_000)
+    families: tuple[str, ...] = FAMILIES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    reference: str = "mldcn"
+    embedding_dim: int = 16
+    head: HeadConfig = field(default_factory=lambda: HeadConfig(structure="parallel", hidden=(256, 128)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=2048, patience=1, progress=False))
+    grid: TuningGrid = field(default_factory=TuningGrid)
+    latency_batches: tuple[int, ...] = (1, 512)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    _positive = ("budgets", "embedding_dim", "latency_batches")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.seeds or not self.families or not self.budgets:
+            raise ConfigError("ScaleConfig needs budgets, families and seeds")
+        if self.reference not in self.families:
+            raise ConfigError(f"reference {self.reference!r} is not among the families {list(self.families)}")
+        for name in self.families:
+            get_preset(name)
+
+
+def scale_config_from_dict(data: dict) -> ScaleConfig:
+    return from_dict(ScaleConfig, data, "scale")
+
+
+def _key(family: str, budget: float, seed: int, lr: float, l2: float) -> str:
+    return f"{family}|{budget:g}|seed={seed}|lr={lr:g}|l2={l2:g}"
+
+
+def sized_models(config: ScaleConfig, dataset: Dataset) -> dict[tuple[str, float], ModelConfig]:
+    """Each family's config at each budget, with the shared head and embedding size."""
+    models = {}
+    for family in config.families:
+        base = get_preset(family).replace(embedding_dim=config.embedding_dim, head=config.head)
+        for budget in config.budgets:
+            models[family, budget] = match_budget(base, dataset.features, budget)
+    return models
+
+
+def run_scale(config: ScaleConfig, out_dir: str | Path, echo: Callable[[str], None] = print) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(to_dict(config), out_dir / "scale.yaml")
+    dataset = load_data(config.data)
+    models = sized_models(config, dataset)
+    for (family, budget), model in models.items():
+        width = get_family(model.family).width
+        echo(f"{family} @ {budget:,.0f}: {width}={getattr(model.interaction, width)}")
+    grid = list(itertools.product(config.grid.lr, config.grid.embedding_l2))
+
+    def spec(family: str, budget: float, seed: int, lr: float, l2: float) -> RunSpec:
+        train = _with(config.train, seed=seed, lr=lr, embedding_l2=l2)
+        labels = {"family": family, "budget": budget, "seed": seed, "lr": lr, "embedding_l2": l2}
+        return RunSpec(_key(family, budget, seed, lr, l2), models[family, budget], train, labels)
+
+    first = config.seeds[0]
+    tuning = [spec(f, b, first, lr, l2) for (f, b) in models for lr, l2 in grid]
+    echo(f"tuning: {len(tuning)} runs (grid of {len(grid)} on seed {first})")
+    results = run_study(tuning, dataset, config.data, out_dir, echo)
+    chosen = {}
+    for f, b in models:
+        best = max(grid, key=lambda g: results[_key(f, b, first, *g)]["valid_auc"])
+        chosen[f, b] = best
+    rest = [spec(f, b, s, *chosen[f, b]) for (f, b) in models for s in config.seeds[1:]]
+    echo(f"seeds: {len(rest)} runs")
+    results = run_study(rest, dataset, config.data, out_dir, echo)
+
+    latency = {}
+    for (f, b), model_config in models.items():
+        torch.manual_seed(0)
+        model = create_model(model_config, dataset.features)
+        latency[f, b] = {n: forward_latency_us(model, dataset, n) for n in config.latency_batches}
+    summary = summarize(config, models, chosen, results, latency, out_dir)
+    _write_csv(results, out_dir / "results.csv")
+    return summary
+
+
+def _with(train: TrainConfig, **changes) -> TrainConfig:
+    return dataclasses.replace(train, **changes)
+
+
+def summarize(config, models, chosen, results, latency, out_dir: Path) -> dict:
+    rows, significance = [], []
+    for (family, budget), model_config in models.items():
+        runs = [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
+        aucs = [r["test_auc"] for r in runs]
+        losses = [r["test_logloss"] for r in runs]
+        rows.append(
+            {
+                "family": family,
+                "budget": budget,
+                "interaction_flops": runs[0]["interaction_flops"],
+                "total_flops": runs[0]["total_flops"],
+                "dense_params": runs[0]["dense_params"],
+                "lr": chosen[family, budget][0],
+                "embedding_l2": chosen[family, budget][1],
+                "seeds": len(runs),
+                "auc_mean": statistics.fmean(aucs),
+                "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                "logloss_mean": statistics.fmean(losses),
+                "logloss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                "auc": _pm(aucs),
+                "logloss": _pm(losses),
+                **{f"latency_{n}": latency[family, budget][n] for n in config.latency_batches},
+            }
+        )
+    labels = np.load(out_dir / "predictions" / "labels.npy") if (out_dir / "predictions" / "labels.npy").exists() else None
+    for budget in config.budgets:
+        ref_runs = [results[_key(config.reference, budget, s, *chosen[config.reference, budget])] for s in config.seeds]
+        for rival in config.families:
+            if rival == config.reference:
+                continue
+            rival_runs = [results[_key(rival, budget, s, *chosen[rival, budget])] for s in config.seeds]
+            paired = paired_t([r["test_auc"] for r in ref_runs], [r["test_auc"] for r in rival_runs])
+            entry = {
+                "budget": budget,
+                "rival": rival,
+                "auc_difference": paired.mean_difference,
+                "ci": f"[{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]",
+                "paired_p": paired.p_value,
+            }
+            if labels is not None:
+                test = delong(
+                    labels,
+                    np.load(out_dir / ref_runs[0]["predictions"]),
+                    np.load(out_dir / rival_runs[0]["predictions"]),
+                )
+                entry.update(delong_difference=test.difference, delong_z=test.z, delong_p=test.p_value)
+            entry["verdict"] = _verdict(config.reference, rival, entry)
+            significance.append(entry)
+    summary = {"rows": rows, "significance": significance, "reference": config.reference}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot = plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{config.data.source} — matched interaction FLOPs")
+    (out_dir / "summary.md").write_text(render_summary(config, rows, significance, plot))
+    return summary
+
+
+def _pm(values) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _verdict(reference: str, rival: str, entry: dict) -> str:
+    """Who has the higher mean AUC, and which test at 5% (agreeing in sign) says it is more than noise."""
+    difference = entry["auc_difference"]
+    if difference == 0:
+        return "tie"
+    winner = reference if difference > 0 else rival
+    tests = []
+    if entry["paired_p"] < 0.05:
+        tests.append("paired t")
+    if "delong_p" in entry and entry["delong_p"] < 0.05 and entry["delong_difference"] * difference > 0:
+        tests.append("DeLong")
+    return f"{winner} higher" + (f", significant ({' and '.join(tests)})" if tests else ", not significant")
+
+
+def render_summary(config: ScaleConfig, rows, significance, plot) -> str:
+    columns = [
+        ("family", "family"),
+        ("budget", "budget"),
+        ("interaction_flops", "interaction FLOPs"),
+        ("total_flops", "total FLOPs"),
+        ("dense_params", "dense params"),
+        ("lr", "lr"),
+        ("embedding_l2", "emb. L2"),
+        ("auc", "test AUC (mean ± std)"),
+        ("logloss", "test logloss (mean ± std)"),
+    ] + [(f"latency_{n}", f"µs/ex @ batch {n}") for n in config.latency_batches]
+    sig_columns = [
+        ("budget", "budget"),
+        ("rival", f"{config.reference} vs"),
+        ("auc_difference", "mean AUC diff (seeds)"),
+        ("ci", "95% CI"),
+        ("paired_p", "paired t p"),
+    ]
+    if significance and "delong_p" in significance[0]:
+        sig_columns += [("delong_difference", "AUC diff (first seed)"), ("delong_z", "DeLong z"), ("delong_p", "DeLong p")]
+    sig_columns.append(("verdict", "verdict"))
+    lines = [
+        f"# matched-FLOPs sweep: {config.data.source}",
+        "",
+        f"Families {list(config.families)}, budgets {list(config.budgets)}, seeds {list(config.seeds)}; "
+        f"tuning grid lr {list(config.grid.lr)} × embedding L2 {list(config.grid.embedding_l2)} on seed "
+        f"{config.seeds[0]}, chosen on validation AUC.",
+        "",
+        format_table(rows, columns, markdown=True),
+        "",
+        f"## {config.reference} against each rival",
+        "",
+        format_table(significance, sig_columns, markdown=True),
+        "",
+    ]
+    if plot is not None:
+        lines += [f"![test AUC vs interaction FLOPs]({Path(plot).name})", ""]
+    return "\n".join(lines)
+
+
+def _write_csv(results: dict, path: Path) -> None:
+    records = list(results.values())
+    if not records:
+        return
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(records)

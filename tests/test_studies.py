@@ -1,0 +1,182 @@
+"""Studies: significance tests, the budget solver over families, and tiny end-to-end sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mldcn.cli import main
+from mldcn.features import CategoricalField, FeatureSpec, NumericField
+from mldcn.models import get_preset, list_families
+from mldcn.models.budget import BudgetError, interaction_flops, match_budget
+from mldcn.studies.ablate import ablate_config_from_dict, run_ablation
+from mldcn.studies.scale import FAMILIES, run_scale, scale_config_from_dict
+from mldcn.studies.stats import delong, paired_t
+
+
+def brute_force_delong(y, a, b):
+    """DeLong's statistic straight from its definition: O(m·n) pairwise kernels."""
+    pos, neg = y > 0.5, y <= 0.5
+
+    def psi(x, z):
+        return (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+
+    k_a, k_b = psi(a[pos], a[neg]), psi(b[pos], b[neg])  # [m, n]
+    m, n = k_a.shape
+    auc = np.array([k_a.mean(), k_b.mean()])
+    v10 = np.vstack([k_a.mean(axis=1), k_b.mean(axis=1)])  # per positive
+    v01 = np.vstack([k_a.mean(axis=0), k_b.mean(axis=0)])  # per negative
+    cov = np.cov(v10) / m + np.cov(v01) / n
+    z = (auc[0] - auc[1]) / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    return auc, z
+
+
+def test_delong_matches_the_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.4).astype(float)
+    a = np.round(y + rng.normal(0, 1.0, 2000), 1)  # rounded: many ties
+    b = np.round(y + rng.normal(0, 1.5, 2000), 1)
+    result = delong(y, a, b)
+    auc, z = brute_force_delong(y, a, b)
+    assert result.auc_a == pytest.approx(auc[0], abs=1e-12)
+    assert result.auc_b == pytest.approx(auc[1], abs=1e-12)
+    assert result.z == pytest.approx(z, rel=1e-9)
+    assert result.p_value == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
+    assert result.auc_a > result.auc_b and result.p_value < 0.05  # the less noisy scores win
+
+
+def test_delong_of_a_model_with_itself_is_not_significant():
+    rng = np.random.default_rng(1)
+    y = (rng.random(200) < 0.5).astype(float)
+    s = y + rng.normal(0, 1, 200)
+    result = delong(y, s, s)
+    assert result.difference == 0 and result.z == 0 and result.p_value == 1.0
+
+
+def test_paired_t_matches_scipy_and_gives_a_confidence_interval():
+    a = [0.791, 0.790, 0.7898, 0.7912]
+    b = [0.786, 0.7851, 0.7888, 0.7866]
+    result = paired_t(a, b)
+    reference = stats.ttest_rel(a, b)
+    assert result.p_value == pytest.approx(reference.pvalue, rel=1e-10)
+    diff = np.subtract(a, b)
+    half = stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2  # se = sd / sqrt(4)
+    assert result.mean_difference == pytest.approx(diff.mean())
+    assert (result.ci_low, result.ci_high) == pytest.approx((diff.mean() - half, diff.mean() + half))
+
+
+def test_paired_t_with_one_pair_has_no_p_value():
+    assert math.isnan(paired_t([0.8], [0.7]).p_value)
+
+
+SCHEMAS = {
+    "frappe-like": (FeatureSpec(categorical=tuple(CategoricalField(f"c{i}", 100) for i in range(10))), 10,
+                    (50e3, 200e3, 1e6, 3e6)),
+    "criteo-like": (FeatureSpec(categorical=tuple(CategoricalField(f"c{i}", 100) for i in range(26)),
+                                numeric=tuple(NumericField(f"n{i}") for i in range(13))), 16,
+                    (200e3, 1e6, 3e6, 10e6)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("schema", list(SCHEMAS))
+def test_solver_hits_every_budget_within_three_percent(family, schema):
+    features, dim, budgets = SCHEMAS[schema]
+    base = get_preset(family).replace(embedding_dim=dim)
+    for budget in budgets:
+        config = match_budget(base, features, budget)
+        flops = interaction_flops(config, features).total
+        assert abs(flops / budget - 1) <= 0.03, (family, schema, budget, flops)
+
+
+def test_solver_reports_an_unreachable_budget():
+    features, dim, _ = SCHEMAS["criteo-like"]
+    with pytest.raises(BudgetError, match="lands within"):
+        match_budget(get_preset("mldcn").replace(embedding_dim=dim), features, 2_000)
+
+
+def test_scale_default_families_are_registered():
+    assert set(FAMILIES) <= set(list_families())  # the families `mldcn scale` compares by default
+
+
+TINY_DATA = {
+    "source": "synthetic",
+    "synthetic": {"train_rows": 6000, "valid_rows": 2000, "test_rows": 2000, "vocab_sizes": [8, 16, 32], "num_numeric": 1},
+}
+TINY_TRAIN = {"epochs": 1, "batch_size": 1024, "progress": False, "precision": "fp32"}
+
+
+def test_scale_sweep_end_to_end_and_resume(tmp_path, capsys):
+    config = scale_config_from_dict(
+        {
+            "budgets": [20000, 60000],
+            "families": ["mldcn", "dcnv2_lowrank"],
+            "seeds": [0, 1],
+            "embedding_dim": 4,
+            "head": {"hidden": [16]},
+            "train": TINY_TRAIN,
+            "grid": {"lr": [0.001, 0.01]},
+            "latency_batches": [1, 64],
+            "data": TINY_DATA,
+        }
+    )
+    summary = run_scale(config, tmp_path, echo=lambda _: None)
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    # tuning: 2 families x 2 budgets x 2 lr on seed 0; then 1 more seed at the chosen lr
+    assert len(results) == 2 * 2 * 2 + 2 * 2
+    for row in summary["rows"]:
+        assert abs(row["interaction_flops"] / row["budget"] - 1) <= 0.03
+        assert row["seeds"] == 2
+        seed0 = [r for r in results if r["family"] == row["family"] and r["budget"] == row["budget"] and r["seed"] == 0]
+        chosen = max(seed0, key=lambda r: r["valid_auc"])  # chosen on validation, never on test
+        assert row["lr"] == chosen["lr"]
+    assert {s["rival"] for s in summary["significance"]} == {"dcnv2_lowrank"}
+    assert (tmp_path / "summary.md").read_text().count("|") > 20
+    assert (tmp_path / "auc_vs_flops.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").exists()
+    # resume: nothing to rerun, same summary
+    again = run_scale(config, tmp_path, echo=lambda _: None)
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(results)
+    assert [r["auc_mean"] for r in again["rows"]] == [r["auc_mean"] for r in summary["rows"]]
+
+
+def test_ablation_end_to_end(tmp_path):
+    config = ablate_config_from_dict(
+        {
+            "budget": 30000,
+            "variants": ["default", "no_mask", "static_mask"],
+            "seeds": [0, 1],
+            "embedding_dim": 4,
+            "head": {"hidden": [16]},
+            "train": TINY_TRAIN,
+            "data": TINY_DATA,
+        }
+    )
+    summary = run_ablation(config, tmp_path, echo=lambda _: None)
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert set(rows) == {"default", "no_mask", "static_mask"}
+    assert rows["default"]["difference"] == 0.0
+    for row in rows.values():
+        assert abs(row["interaction_flops"] / 30000 - 1) <= 0.03
+    assert rows["no_mask"]["rank"] > rows["default"]["rank"]  # no mask network: the budget buys rank
+    assert "| no_mask " in (tmp_path / "ablation.md").read_text()
+
+
+def test_ablation_rejects_an_unknown_variant():
+    from mldcn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown variant"):
+        ablate_config_from_dict({"variants": ["default", "nope"]})
+
+
+def test_budget_command_lists_each_family_within_tolerance(capsys):
+    assert main(["budget", "--flops", "150000", "--families", "mldcn", "dcnv2_lowrank", "masknet_parallel"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mldcn", "dcnv2_lowrank", "masknet_parallel"):
+        assert name in out
+    errors = [float(token.rstrip("%")) for token in out.split() if token.endswith("%") and token[0] in "+-"]
+    assert len(errors) == 3 and all(abs(e) <= 3 for e in errors)
