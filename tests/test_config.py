@@ -8,7 +8,13 @@ import pytest
 import yaml
 
 from mldcn.config import ConfigError, apply_overrides, load_yaml, save_yaml
-from mldcn.models import HeadConfig, ModelConfig, get_preset, list_models, model_config_from_dict
+from mldcn.models import (
+    HeadConfig,
+    ModelConfig,
+    get_preset,
+    list_models,
+    model_config_from_dict,
+)
 from mldcn.models.mldcn import MLDCNConfig
 
 

@@ -35,7 +35,6 @@ from mldcn.layers import (
 )
 
 
-
 def _set(param: torch.Tensor, value) -> None:
     with torch.no_grad():
         param.copy_(torch.as_tensor(value, dtype=param.dtype).reshape(param.shape))

@@ -18,7 +18,6 @@ from mldcn.layers.mask import InstanceGuidedMask
 from mldcn.layers.mldcn import StaticMask
 
 
-
 def _copy_cross_weights(src: LowRankCrossNet, dst: MaskedLowRankCrossNet) -> None:
     with torch.no_grad():
         for layer in range(src.num_layers):

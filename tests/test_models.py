@@ -60,6 +60,7 @@ def test_discovery():
     assert len(MODELS) == EXPECTED_NUM_MODELS, MODELS
     assert MODELS == sorted(set(MODELS))
     expected = {"mldcn", "dcnv2", "dcnv2_lowrank", "masknet_parallel", "masknet_serial", "lr", "dnn"}
+    expected |= {"wukong", "rankmixer", "rankmixer_moe"}
     assert expected <= set(MODELS)
 
 

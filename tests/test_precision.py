@@ -99,3 +99,21 @@ def test_bf16_loss_is_computed_in_fp32(data, monkeypatch):
     model = small_model(data.features)
     fit(model, data.train, data.valid, replace(TrainConfig(epochs=1, progress=False), precision="bf16"))
     assert seen and set(seen) == {torch.float32}
+
+
+def test_compiled_training_follows_the_eager_curve():
+    # torch.compile on CPU (inductor): the GPU-readiness path, checked for correctness here
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+    import ddp_worker
+
+    data = make_synthetic(replace(ddp_worker.DATA, train_rows=2048))
+    curves = []
+    for compiled in (False, True):
+        seed_everything(0)
+        model = create_model(ddp_worker.MODEL, data.features)
+        result = fit(model, data.train, data.valid, replace(ddp_worker.TRAIN, epochs=1, compile=compiled))
+        curves.append(result.history[0]["valid_auc"])
+    assert curves[1] == pytest.approx(curves[0], abs=1e-4)

@@ -23,7 +23,12 @@ import torch
 
 from mldcn.cli import main
 from mldcn.config import ConfigError
-from mldcn.data.encode import FORMAT_VERSION, Encoder, FeatureMapError, categorical_strings
+from mldcn.data.encode import (
+    FORMAT_VERSION,
+    Encoder,
+    FeatureMapError,
+    categorical_strings,
+)
 from mldcn.data.prepare import SplitConfig, prepare
 from mldcn.data.prepared import load_prepared, load_split
 from mldcn.data.readers import DataError, read_chunks

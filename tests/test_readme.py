@@ -5,9 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-import torch
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

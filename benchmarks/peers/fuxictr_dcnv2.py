@@ -20,16 +20,14 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
-from torch import nn
-
 from fuxictr.features import FeatureMap
 from fuxictr.preprocess import FeatureProcessor, build_dataset
 from fuxictr.pytorch.dataloaders import RankDataLoader
 from fuxictr.pytorch.layers import CrossNetV2, FeatureEmbedding, MLP_Block
 from fuxictr.pytorch.models import BaseModel
 from fuxictr.pytorch.torch_utils import seed_everything
+from torch import nn
 
 FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from mldcn.config import ConfigError, apply_overrides, load_yaml
+from mldcn.serve.cli import add_commands as add_serve_commands
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +36,47 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="override any config key, e.g. --set model.interaction.rank=16 (repeatable)",
     )
     p.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel on N processes of this machine (re-launches under torchrun)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
 
+def _relaunch_under_torchrun(args: argparse.Namespace) -> int:
+    """``mldcn train --nproc N ...`` → ``torchrun --standalone --nproc_per_node N -m mldcn train ...``."""
+    import subprocess
+
+    out = args.out or str(Path("runs") / f"{args.model or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    argv = sys.argv[1:] if sys.argv[1:2] == ["train"] else ["train"]
+    forwarded, skip = [], False
+    for token in argv:  # drop --nproc N / --nproc=N / --out X; the shared --out is set below
+        if skip:
+            skip = False
+            continue
+        if token in ("--nproc", "--out"):
+            skip = True
+            continue
+        if token.startswith(("--nproc=", "--out=")):
+            continue
+        forwarded.append(token)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+        "-m", "mldcn", *forwarded, "--out", out,
+    ]  # fmt: skip
+    return subprocess.call(command)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from mldcn.train import distributed
     from mldcn.train.run import run, run_config_from_dict
 
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _relaunch_under_torchrun(args)
     data = load_yaml(args.config) if args.config else {}
     if args.model:
         data["model"] = args.model
@@ -62,7 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = run_config_from_dict(apply_overrides(data, overrides))
     name = args.model or config.model.family
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run(config, out)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs the run directory: --out DIR")
+    result = run(config, out, resume=args.resume)
+    if not distributed.context().is_main:
+        return 0
     print(f"run directory: {out}")
     print(
         f"best epoch {result.fit.best_epoch}/{len(result.fit.history)}  "
@@ -368,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablate(sub)
     _add_prepare(sub)
     _add_train(sub)
-    from mldcn.serve.cli import add_commands; add_commands(sub)  # noqa: E702, PLC0415  (predict, export, serve)
+    add_serve_commands(sub)  # predict, export, serve
     return parser
 
 

@@ -4,7 +4,13 @@ from mldcn.layers.cross import CrossNet, LowRankCrossNet, MixtureCrossNet
 from mldcn.layers.embedding import FeatureEmbedding
 from mldcn.layers.flops import Flops
 from mldcn.layers.head import FlattenFields, ParallelHead, StackedHead
-from mldcn.layers.mask import FieldLayerNorm, InstanceGuidedMask, MaskBlock, ParallelMaskNet, SerialMaskNet
+from mldcn.layers.mask import (
+    FieldLayerNorm,
+    InstanceGuidedMask,
+    MaskBlock,
+    ParallelMaskNet,
+    SerialMaskNet,
+)
 from mldcn.layers.mldcn import MaskedLowRankCrossNet, StaticMask
 from mldcn.layers.mlp import MLP
 from mldcn.layers.rankmixer import (
@@ -15,7 +21,12 @@ from mldcn.layers.rankmixer import (
     RankMixer,
     SparseMoERankMixer,
 )
-from mldcn.layers.wukong import FactorizationMachineBlock, LinearCompressBlock, WuKong, WuKongLayer
+from mldcn.layers.wukong import (
+    FactorizationMachineBlock,
+    LinearCompressBlock,
+    WuKong,
+    WuKongLayer,
+)
 
 __all__ = [
     "CrossNet",

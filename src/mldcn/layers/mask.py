@@ -13,9 +13,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mldcn.layers.activation import (
+    activation_preimage_of_one,
+    init_linear,
+    make_activation,
+)
 from mldcn.layers.dropout import Dropout
-from mldcn.layers.activation import activation_preimage_of_one, init_linear, make_activation
-from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops, activation_flops, linear_flops
+from mldcn.layers.flops import (
+    ELEMENTWISE,
+    LAYER_NORM,
+    Flops,
+    activation_flops,
+    linear_flops,
+)
 
 
 class InstanceGuidedMask(nn.Module):

@@ -10,7 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mldcn.layers.activation import activation_preimage_of_one, init_linear, make_activation
+from mldcn.layers.activation import (
+    activation_preimage_of_one,
+    init_linear,
+    make_activation,
+)
 from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops
 from mldcn.layers.mask import InstanceGuidedMask
 

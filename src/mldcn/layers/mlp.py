@@ -7,9 +7,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mldcn.layers.dropout import Dropout
 from mldcn.layers.activation import init_linear, make_activation
-from mldcn.layers.flops import BATCH_NORM, Flops, activation_flops, linear_flops, sum_flops
+from mldcn.layers.dropout import Dropout
+from mldcn.layers.flops import (
+    BATCH_NORM,
+    Flops,
+    activation_flops,
+    linear_flops,
+    sum_flops,
+)
 
 
 class MLP(nn.Module):

@@ -132,7 +132,8 @@ class FieldTokenizer(nn.Module):
         self.sizes = sorted(set(self.groups), reverse=True)
         self.counts = [self.groups.count(size) for size in self.sizes]
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(count, size * dim, token_dim)) for size, count in zip(self.sizes, self.counts)
+            nn.Parameter(torch.empty(count, size * dim, token_dim))
+            for size, count in zip(self.sizes, self.counts)
         )
         for weight, size in zip(self.weights, self.sizes):
             xavier_normal_(weight, size * dim, token_dim)
@@ -200,7 +201,7 @@ class MultiHeadTokenMixing(nn.Module):
 class PerTokenFFN(nn.Module):
     """RankMixer's PFFN: a two-layer GELU network per token, with weights of its own.
 
-        v_t = W2_t GELU(W1_t s_t + b1_t) + b2_t                 # [B, D]  W1_t ∈ R^{D_h×D}, W2_t ∈ R^{D×D_h}
+        v_t = W2_t GELU(W1_t s_t + b1_t) + b2_t        # [B, D]   W1_t ∈ R^{D_h×D}, W2_t ∈ R^{D×D_h}
 
     Unlike a transformer's FFN, the T tokens do not share weights: each models its
     own feature subspace. Computed as two batched matmuls over the token axis.
@@ -221,7 +222,9 @@ class PerTokenFFN(nn.Module):
     def __init__(self, num_tokens: int, token_dim: int, hidden_dim: int) -> None:
         super().__init__()
         if min(num_tokens, token_dim, hidden_dim) < 1:
-            raise ValueError(f"num_tokens, token_dim, hidden_dim must be >= 1, got {num_tokens}, {token_dim}, {hidden_dim}")
+            raise ValueError(
+                f"num_tokens, token_dim, hidden_dim must be >= 1, got {num_tokens}, {token_dim}, {hidden_dim}"
+            )
         self.num_tokens, self.token_dim, self.hidden_dim = num_tokens, token_dim, hidden_dim
         t, d, h = num_tokens, token_dim, hidden_dim
         self.w1 = nn.Parameter(xavier_normal_(torch.empty(t, d, h), d, h))
@@ -361,9 +364,9 @@ class RankMixer(_RankMixerBase):
     The paper mean-pools X_L into the task towers; here the tokens are flattened,
     as every interaction module here hands the head a flat ``[B, h]``.
 
-    Guidance (paper): the 100M model uses T = 16, D = 768, L = 2, k = 4; scale D
-    and k first (they raise the cost of the large per-token GEMMs that run at high
-    utilisation), T with the number of feature groups. Cost ≈ 2·F·D_e·D + L·4·T·D·D_h.
+    Guidance (paper): the 100M model uses T = 16, D = 768, k = 4; scale D and k
+    first (they grow the large per-token GEMMs, which run at high utilisation), T
+    with the number of feature groups. Cost ≈ 2·F·D_e·D + L·4·T·D·D_h matmul FLOPs.
 
     Args:
         num_fields: F.

@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from mldcn.layers.activation import init_linear, xavier_normal_
-from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops, activation_flops, linear_flops
+from mldcn.layers.flops import (
+    ELEMENTWISE,
+    LAYER_NORM,
+    Flops,
+    activation_flops,
+    linear_flops,
+)
 from mldcn.layers.mlp import MLP
 
 
@@ -80,8 +86,8 @@ class FactorizationMachineBlock(nn.Module):
     O(nkD) and, as the paper notes, loses little because the dot-product matrix
     is low rank. The MLP has ReLU hidden layers and a linear output layer.
 
-    Guidance: k of the order of n_F (the paper's configurations use k ≈ 1–1.5·n_F);
-    the MLP is where most of a wide FMB's FLOPs go.
+    Guidance: k of the order of n_F (public re-implementations use k between n_F/2
+    and 1.5·n_F); the MLP is where most of a wide FMB's FLOPs go.
 
     Args:
         num_inputs: n, embeddings in.
@@ -112,7 +118,8 @@ class FactorizationMachineBlock(nn.Module):
         super().__init__()
         if min(num_inputs, dim, num_outputs, rank) < 1:
             raise ValueError(
-                f"num_inputs, dim, num_outputs, rank must be >= 1, got {num_inputs}, {dim}, {num_outputs}, {rank}"
+                "num_inputs, dim, num_outputs, rank must be >= 1, "
+                f"got {num_inputs}, {dim}, {num_outputs}, {rank}"
             )
         self.num_inputs, self.dim, self.num_outputs, self.rank = num_inputs, dim, num_outputs, rank
         self.hidden = tuple(hidden)
@@ -245,9 +252,10 @@ class WuKong(nn.Module):
     with the FMB's optimised FM ``X (X^T Y)`` and the LCB ``W_L X`` (see the
     blocks). The first layer's residual is projected when n_F + n_L != F.
 
-    Guidance (paper): scale up by stacking layers (interaction order 2^L) and
-    widening n_F, n_L, k and the FMB MLP together; its public-data runs use 3–8
-    layers with n_F = n_L. Cost per layer ≈ 4nDk + 2·(nk·h + h·n_F·D) + 2·n·n_L·D.
+    Guidance (paper): scale up by stacking layers (interaction order up to 2^L) and
+    widening n_F, n_L, k and the FMB MLP together. Cost per layer with one MLP
+    hidden layer of width h: 4nDk + 2·(nk·h + h·n_F·D) + 2·n·n_L·D matmul FLOPs,
+    plus 2·n·(n_F + n_L)·D for the first layer's residual projection if F != n_F + n_L.
 
     Args:
         num_fields: F.
@@ -284,14 +292,16 @@ class WuKong(nn.Module):
     ) -> None:
         super().__init__()
         if min(num_fields, dim, num_layers) < 1:
-            raise ValueError(f"num_fields, dim, num_layers must be >= 1, got {num_fields}, {dim}, {num_layers}")
+            raise ValueError(
+                f"num_fields, dim, num_layers must be >= 1, got {num_fields}, {dim}, {num_layers}"
+            )
         self.num_fields, self.dim, self.num_layers = num_fields, dim, num_layers
         self.num_fm_outputs, self.num_lcb_outputs, self.rank = num_fm_outputs, num_lcb_outputs, rank
         self.hidden = tuple(hidden)
         width = num_fm_outputs + num_lcb_outputs
+        inputs = [num_fields] + [width] * (num_layers - 1)  # n of each layer
         self.layers = nn.ModuleList(
-            WuKongLayer(num_fields if i == 0 else width, dim, num_fm_outputs, num_lcb_outputs, rank, hidden, dropout)
-            for i in range(num_layers)
+            WuKongLayer(n, dim, num_fm_outputs, num_lcb_outputs, rank, hidden, dropout) for n in inputs
         )
         self.out_dim = width * dim
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from mldcn.config import Config
 from mldcn.layers.rankmixer import RankMixer, SparseMoERankMixer, rankmixer_flops
+from mldcn.models.budget import staged_width
 from mldcn.models.config import HeadConfig, ModelConfig
 from mldcn.models.registry import register_family, register_model
-from mldcn.models.wukong import staged_width
 
 #: The paper's FFN ratio k (D → kD → D); the top of the ratio range ``scale`` sweeps.
 MAX_FFN_RATIO = 4
@@ -47,23 +47,25 @@ class SparseMoERankMixerConfig(Config):
     _positive = ("num_layers", "num_tokens", "token_dim", "ffn_ratio", "num_experts")
 
 
-def effective_sizes(
-    config: RankMixerConfig | SparseMoERankMixerConfig, num_fields: int
-) -> tuple[int, int, int]:
+RankMixerConfigs = RankMixerConfig | SparseMoERankMixerConfig
+
+
+def effective_sizes(config: RankMixerConfigs, num_fields: int) -> tuple[int, int, int]:
     """``(T, D, D_h)`` the layer is built with: T <= F, D a multiple of T, D_h = round(ffn_ratio · D)."""
     tokens = min(config.num_tokens, num_fields)
     token_dim = -(-config.token_dim // tokens) * tokens
     return tokens, token_dim, max(1, round(config.ffn_ratio * token_dim))
 
 
-def _num_experts(config: RankMixerConfig | SparseMoERankMixerConfig) -> int | None:
+def _num_experts(config: RankMixerConfigs) -> int | None:
     return getattr(config, "num_experts", None)
 
 
-def _scale(config, width: int, num_fields: int, dim: int):
-    # Stage m: D = m·T; the FFN width f (of each expert) runs up to MAX_FFN_RATIO·D / E
-    # within a stage and starts each stage where the previous one's cost ended, so the
-    # ratio f/D sweeps about [k·(m/(m+1))², k] / E, k = 4. T, L and E stay as configured.
+def _scale(config: RankMixerConfigs, width: int, num_fields: int, dim: int) -> RankMixerConfigs:
+    # Stage m: D = m·T; the FFN width f (of each expert) runs up to MAX_FFN_RATIO·D within
+    # a stage and starts each stage where the previous one's cost ended (staged_width), so
+    # after stage 1 (f = 1 .. 4T) the ratio f/D stays in about [k·(m/(m+1))², k], k = 4.
+    # T, L and E stay as configured; token_dim and ffn_ratio are set (the old ones unused).
     tokens = min(config.num_tokens, num_fields)
     experts = _num_experts(config)
 
@@ -71,10 +73,7 @@ def _scale(config, width: int, num_fields: int, dim: int):
         token_dim = stage * tokens
         return rankmixer_flops(num_fields, dim, tokens, token_dim, hidden, config.num_layers, experts).total
 
-    def fine_max(stage: int) -> int:
-        return max(1, round(MAX_FFN_RATIO * stage * tokens / (experts or 1)))
-
-    stage, hidden = staged_width(width, cost, fine_max)
+    stage, hidden = staged_width(width, cost, lambda stage: MAX_FFN_RATIO * stage * tokens)
     token_dim = stage * tokens
     return dataclasses.replace(config, token_dim=token_dim, ffn_ratio=hidden / token_dim)
 
@@ -102,7 +101,9 @@ def build_rankmixer(config: RankMixerConfig, num_fields: int, dim: int) -> RankM
 )
 def build_rankmixer_moe(config: SparseMoERankMixerConfig, num_fields: int, dim: int) -> SparseMoERankMixer:
     tokens, token_dim, hidden = effective_sizes(config, num_fields)
-    return SparseMoERankMixer(num_fields, dim, tokens, token_dim, hidden, config.num_layers, config.num_experts)
+    return SparseMoERankMixer(
+        num_fields, dim, tokens, token_dim, hidden, config.num_layers, config.num_experts
+    )
 
 
 # RankMixer pools its last tokens into the task towers (an MLP per task): the stacked head.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from mldcn.config import Config, ConfigError
 from mldcn.layers.wukong import WuKong, wukong_flops
+from mldcn.models.budget import staged_width
 from mldcn.models.config import HeadConfig, ModelConfig
 from mldcn.models.registry import register_family, register_model
 
@@ -37,43 +37,6 @@ class WuKongConfig(Config):
 
 
 # --------------------------------------------------------------------------- matched FLOPs
-
-
-def staged_width(
-    width: int, cost: Callable[[int, int], int], fine_max: Callable[[int], int]
-) -> tuple[int, int]:
-    """Map one integer width ``w >= 1`` to ``(stage, fine)`` with cost non-decreasing in ``w``.
-
-    For families with a coarse size (a stage m: embeddings per layer, token width ...)
-    and a fine one (an MLP or FFN width f, cost step small), stage m covers
-    ``f = f_lo(m) .. fine_max(m)`` and the next stage starts at the smallest f whose
-    cost reaches the last cost of the stage before:
-
-        w = 1, 2, ...  ->  (1, 1), (1, 2), ..., (1, fine_max(1)), (2, f_lo(2)), ...
-
-    So the cost never decreases with w, and between stages it steps by about one
-    fine step (when ``cost(m + 1, 1)`` is already above the end of stage m, by the
-    difference). Requires cost non-decreasing in each argument and ``fine_max``
-    non-decreasing.
-    """
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
-    stage, low = 1, 1
-    remaining = width
-    while True:
-        high = fine_max(stage)
-        if remaining <= high - low + 1:
-            return stage, low + remaining - 1
-        remaining -= high - low + 1
-        ceiling = cost(stage, high)
-        stage += 1
-        low, top = 1, fine_max(stage)  # smallest f in [1, top] with cost(stage, f) >= ceiling
-        while low < top:
-            mid = (low + top) // 2
-            if cost(stage, mid) >= ceiling:
-                top = mid
-            else:
-                low = mid + 1
 
 
 def _wukong_sizes(config: WuKongConfig, stage: int, mlp_dim: int) -> WuKongConfig:

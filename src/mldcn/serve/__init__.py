@@ -9,6 +9,12 @@
     cli.py        ``mldcn predict``, ``mldcn export``, ``mldcn serve``
 """
 
-from mldcn.serve.artifact import ARTIFACT_VERSION, Artifact, ArtifactError, load_artifact, save_artifact
+from mldcn.serve.artifact import (
+    ARTIFACT_VERSION,
+    Artifact,
+    ArtifactError,
+    load_artifact,
+    save_artifact,
+)
 
 __all__ = ["ARTIFACT_VERSION", "Artifact", "ArtifactError", "load_artifact", "save_artifact"]

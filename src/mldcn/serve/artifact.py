@@ -123,6 +123,7 @@ def save_artifact(
         for name, value in model.state_dict().items()
     }
     save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt", "mldcn_artifact_version": str(ARTIFACT_VERSION)})
+    (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors creates it owner-only; the other files are 0644 too
     if encoder is not None:
         encoder.save(tmp / PREPROCESSING_DIR)
     import mldcn  # noqa: PLC0415  (the package imports models, which must not import serve)

@@ -19,6 +19,7 @@ so a server can refuse a stale export.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import warnings
 from pathlib import Path
@@ -96,6 +97,14 @@ def example_inputs(features: FeatureSpec, batch: int = _EXAMPLE_BATCH, seed: int
     return inputs
 
 
+def _require(module: str):
+    """Import an optional package of the ``export`` extra, or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise OSError(f"ONNX export and inference need the `export` extra (pip install 'mldcn[export]'): {error}") from None
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporters' progress prints, deprecation notes and optional-package warnings."""
@@ -117,6 +126,7 @@ def _dynamic_shapes(wrapper: ProbabilityModel) -> tuple:
 
 def onnx_model_proto(model: RankingModel, weights_sha256: str | None = None):
     """The ONNX ``ModelProto`` of ``model`` (as :class:`ProbabilityModel`), dynamic batch."""
+    _require("onnxscript")
     wrapper = ProbabilityModel(model).eval()
     example = example_inputs(model.embedding.features)
     args = tuple(example[name] for name in wrapper.input_names)
@@ -139,8 +149,7 @@ def onnx_model_proto(model: RankingModel, weights_sha256: str | None = None):
 
 def export_onnx(model: RankingModel, path: str | Path, weights_sha256: str | None = None) -> Path:
     """Write ``model`` as an ONNX file at ``path`` (weights > 1 GiB go to ``path.data``)."""
-    import onnx  # noqa: PLC0415  (optional: the `serve` extra)
-
+    onnx = _require("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     proto = onnx_model_proto(model, weights_sha256)
@@ -180,8 +189,7 @@ def export_model(model: RankingModel, format: str, path: str | Path, weights_sha
 
 def onnx_session(model: str | Path | bytes, threads: int | None = None):
     """An ONNX Runtime CPU session for a file (or serialised model); ``threads`` intra-op threads."""
-    import onnxruntime as ort  # noqa: PLC0415  (optional: the `serve` extra)
-
+    ort = _require("onnxruntime")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

@@ -33,7 +33,12 @@ import pyarrow as pa
 
 from mldcn.data.encode import Encoded, Encoder
 from mldcn.data.readers import DataError, as_float, as_string
-from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn, SequenceColumn
+from mldcn.data.schema import (
+    CategoricalColumn,
+    DataSchema,
+    NumericColumn,
+    SequenceColumn,
+)
 from mldcn.features import FeatureSpec
 
 # the number syntax of the data readers (mldcn.data.readers): what a CSV numeric field may hold
@@ -72,7 +77,8 @@ class InputField:
         return {"name": self.name, "kind": self.kind, "features": list(self.features)}
 
 
-def _kind_name(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What a JSON value is, for error messages ("an object", "the string 'x'", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -93,7 +99,7 @@ def _text(value: Any, index: int, field: str) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecordError(index, field, f"expected a string or a number, got {_kind_name(value)}")
+        raise RecordError(index, field, f"expected a string or a number, got {json_kind(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise RecordError(index, field, f"{value} is not a finite number")
     return str(value) if isinstance(value, int) else repr(value)
@@ -149,7 +155,7 @@ class RawInputs:
         values: dict[str, list[str | None]] = {f.name: [] for f in self.fields}
         for index, record in enumerate(records):
             if not isinstance(record, dict):
-                raise RecordError(index, None, f"expected an object of field values, got {_kind_name(record)}")
+                raise RecordError(index, None, f"expected an object of field values, got {json_kind(record)}")
             for field in self.fields:
                 if field.name not in record:
                     raise RecordError(index, field.name, "missing (send null for a missing value)")
@@ -230,7 +236,7 @@ class IdInputs:
         sequence = np.zeros((n, len(features.sequence), length), dtype=np.int64) if features.sequence else None
         for index, record in enumerate(records):
             if not isinstance(record, dict):
-                raise RecordError(index, None, f"expected an object of field values, got {_kind_name(record)}")
+                raise RecordError(index, None, f"expected an object of field values, got {json_kind(record)}")
             for f in (*features.categorical, *features.numeric, *features.sequence):
                 if f.name not in record:
                     raise RecordError(index, f.name, "missing")
@@ -239,12 +245,12 @@ class IdInputs:
             for j, f in enumerate(features.numeric):
                 value = record[f.name]
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise RecordError(index, f.name, f"expected a finite number, got {_kind_name(value)}")
+                    raise RecordError(index, f.name, f"expected a finite number, got {json_kind(value)}")
                 numeric[index, j] = value
             for j, f in enumerate(features.sequence):
                 value = record[f.name]
                 if not isinstance(value, list):
-                    raise RecordError(index, f.name, f"expected a list of ids, got {_kind_name(value)}")
+                    raise RecordError(index, f.name, f"expected a list of ids, got {json_kind(value)}")
                 ids = [self._id(v, f.vocab_size, 1, index, f.name) for v in value[: f.max_len]]
                 sequence[index, j, : len(ids)] = ids
         return Encoded(categorical, numeric, sequence)
@@ -252,7 +258,7 @@ class IdInputs:
     @staticmethod
     def _id(value: Any, vocab_size: int, low: int, index: int, field: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecordError(index, field, f"expected an integer id, got {_kind_name(value)}")
+            raise RecordError(index, field, f"expected an integer id, got {json_kind(value)}")
         if not low <= value < vocab_size:
             raise RecordError(index, field, f"id {value} is outside [{low}, {vocab_size})")
         return value

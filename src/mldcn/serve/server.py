@@ -35,13 +35,14 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from mldcn.config import Config
 from mldcn.serve.artifact import Artifact
-from mldcn.serve.inputs import RecordError, input_codec
+from mldcn.serve.inputs import RecordError, input_codec, json_kind
 from mldcn.serve.predict import Backend, make_backend, score
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(Config):
     """How to serve an artifact.
 
     Attributes:
@@ -65,12 +66,7 @@ class ServeConfig:
     max_records: int = 10_000
     batch_size: int = 8192
 
-    def __post_init__(self) -> None:
-        for name in ("concurrency", "max_body_bytes", "max_records", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"ServeConfig.threads must be >= 1, got {self.threads}")
+    _positive = ("threads", "concurrency", "max_body_bytes", "max_records", "batch_size")
 
 
 class PredictResponse(BaseModel):
@@ -168,7 +164,7 @@ def _records(data: Any, max_records: int) -> list:
         raise HTTPException(422, 'expected a JSON object {"records": [{field: value, ...}, ...]}')
     records = data["records"]
     if not isinstance(records, list):
-        raise HTTPException(422, f"'records' must be a list of objects, got {type(records).__name__}")
+        raise HTTPException(422, f"'records' must be a list of objects, got {json_kind(records)}")
     if not records:
         raise HTTPException(422, "'records' is empty: send at least one record")
     if len(records) > max_records:
@@ -197,11 +193,11 @@ def create_app(service: PredictionService) -> FastAPI:
     }
 
     @app.get("/health", response_model=Health, summary="liveness")
-    def health() -> dict:
+    async def health() -> dict:
         return {"status": "ok"}
 
     @app.get("/metadata", summary="model, features, FLOPs and serving settings")
-    def metadata() -> dict:
+    async def metadata() -> dict:
         return service.metadata()
 
     @app.post(
@@ -237,7 +233,9 @@ def create_app(service: PredictionService) -> FastAPI:
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free port, see ``getsockname()``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it
+    # Nagle's algorithm meets delayed ACKs and every small response waits ~40 ms
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

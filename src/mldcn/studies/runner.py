@@ -74,6 +74,7 @@ def run_study(
             RunConfig(model=spec.model, data=data_config, train=spec.train),
             out_dir / "runs" / name,
             dataset=dataset,
+            save_model=False,  # a sweep keeps metrics and predictions, not hundreds of artifacts
         )
         probabilities = predict(outcome.model, dataset.test, spec.train.eval_batch_size)
         np.save(out_dir / "predictions" / f"{name}.npy", probabilities.astype(np.float32))

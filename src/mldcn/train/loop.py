@@ -11,6 +11,7 @@ patience 2.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -22,11 +23,14 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from mldcn.config import Config, ConfigError
 from mldcn.data.dataset import TabularSplit
 from mldcn.models.ranking import RankingModel
+from mldcn.train.distributed import DistContext, all_reduce_sum, gather_strided
+from mldcn.train.distributed import context as distributed_context
 from mldcn.train.metrics import binary_metrics
 
 
@@ -56,6 +60,11 @@ class TrainConfig(Config):
             (None = no limit); the best weights so far are kept.
         min_lr: floor of the decayed learning rate.
         seed: seeds shuffling, dropout and (in the CLI) the initial weights.
+        compile: train through ``torch.compile`` (the first epoch pays the compilation).
+        embedding_sharding: ``none``; ``table`` or ``column``: shard the embedding
+            tables across the processes with TorchRec (an optional extra; see
+            :mod:`mldcn.train.sharding`); the tables then use a fused optimiser
+            (``embedding_optimizer``: adagrad by default, or adam).
         threads: torch intra-op threads (None = torch's default).
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``fp32``; ``bf16``: the interaction and the head run under
@@ -87,6 +96,8 @@ class TrainConfig(Config):
     threads: int | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    embedding_sharding: Literal["none", "table", "column"] = "none"
     progress: bool = True
 
     _positive = ("epochs", "batch_size", "eval_batch_size", "lr", "patience", "embedding_lr", "threads", "max_minutes")
@@ -96,6 +107,8 @@ class TrainConfig(Config):
         super().__post_init__()
         if not 0.0 < self.lr_decay <= 1.0:
             raise ConfigError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.embedding_sharding != "none" and self.embedding_l2 > 0:
+            raise ConfigError("TrainConfig.embedding_l2 is not supported with sharded embedding tables")
         if self.embedding_l2 > 0 and self.embedding_optimizer in ("adagrad", "sparse_adam"):
             raise ConfigError(
                 "TrainConfig.embedding_l2 regularises the whole table (a dense gradient); "
@@ -197,58 +210,132 @@ def evaluate(
     return binary_metrics(split.label.numpy(), predict(model, split, batch_size, precision))
 
 
+def _predict_shard(
+    model: nn.Module, split: TabularSplit, config: TrainConfig, device: torch.device, ctx: DistContext
+) -> np.ndarray:
+    """Probabilities for all of ``split``: each rank scores its rows, then they are gathered."""
+    was_training = model.training
+    model.eval()
+    # fbgemm's CPU table lookups exist only behind autograd: no inference_mode for sharded tables
+    no_grad = torch.no_grad() if config.embedding_sharding != "none" else torch.inference_mode()
+    with no_grad, autocast(device, config.precision):
+        batches = split.batches(config.eval_batch_size, rank=ctx.rank, world_size=ctx.world_size)
+        logits = [model(*batch.to(device).inputs()).float() for batch in batches]
+    model.train(was_training)
+    local = torch.cat(logits) if logits else torch.empty(0, device=device)
+    return torch.sigmoid(gather_strided(local, len(split), ctx)).cpu().numpy()
+
+
 def fit(
     model: RankingModel,
     train: TabularSplit,
     valid: TabularSplit,
     config: TrainConfig,
     run_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``model`` in place; return the history. The best weights are restored.
 
     If ``run_dir`` is given, each epoch's metrics are appended to
-    ``run_dir/metrics.jsonl`` and the best weights saved to ``run_dir/best.pt``.
+    ``run_dir/metrics.jsonl``, the best weights saved to ``run_dir/best.pt`` and
+    the whole training state to ``run_dir/last.pt`` after every epoch; with
+    ``resume=True`` a run continues from ``last.pt`` on the same curve.
+
+    Under ``torchrun`` (a process group is initialised) each rank trains on its
+    shard of every global batch of ``config.batch_size`` rows through
+    ``DistributedDataParallel``; the loss is scaled so the averaged gradient is
+    the gradient of the global batch's mean loss, as in one process. Rank 0
+    writes the files.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     model.to(device)
-    torch.manual_seed(config.seed)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    optimizers = build_optimizers(model, config)
-    loss_fn = nn.BCEWithLogitsLoss()
+    ctx = distributed_context()
+    if config.batch_size % ctx.world_size:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
+    local_batch = config.batch_size // ctx.world_size
+    torch.manual_seed(config.seed + ctx.rank)  # dropout masks differ across ranks
+    shuffle = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
+    net: nn.Module = model
+    if config.embedding_sharding != "none":
+        from mldcn.train.sharding import dense_parameters, shard_model  # noqa: PLC0415  (optional extra)
+
+        fused = "adagrad" if config.embedding_optimizer in ("same", "adagrad") else "adam"
+        if fused == "adam" and device.type == "cpu":
+            raise ConfigError("fused Adam for sharded tables runs on GPU only (fbgemm); use embedding_optimizer adagrad on CPU")
+        net = shard_model(model, config.embedding_sharding, ctx.world_size, fused, config.embedding_lr or 0.01, device)
+        dense = dense_parameters(net)
+        dense_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)]
+        clip_params = dense
+    else:
+        optimizers = build_optimizers(model, config)
+        sparse_tables = model.embedding.tables() if model.embedding.sparse else []
+        clip_params = [p for p in model.parameters() if not any(p is t for t in sparse_tables)]
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     tables = model.embedding.tables()
-    sparse = model.embedding.sparse
-    clip_params = [p for p in model.parameters() if not (sparse and any(p is t for t in tables))]
+    if config.compile:
+        net = torch.compile(net)
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
+    writes = run_dir is not None and ctx.is_main
+    if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").write_text("")
 
     maximise = config.monitor == "auc"
-    best_score = -math.inf if maximise else math.inf
-    best_state = copy.deepcopy(model.state_dict())
-    result = FitResult()
-    bad_epochs = 0
-    fit_start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
+    state = {
+        "epoch": 0,
+        "best_score": -math.inf if maximise else math.inf,
+        "bad_epochs": 0,
+        "best_state": copy.deepcopy(model.state_dict()),
+        "result": FitResult(),
+    }
+    checkpoint = run_dir / "last.pt" if run_dir is not None else None
+    if resume and checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        shuffle.set_state(saved["shuffle"])
+        torch.set_rng_state(saved["rng"][ctx.rank] if ctx.rank < len(saved["rng"]) else saved["rng"][0])
+        state.update(
+            epoch=saved["epoch"],
+            best_score=saved["best_score"],
+            bad_epochs=saved["bad_epochs"],
+            best_state=saved["best_state"],
+            result=FitResult(**json.loads(saved["result"])),
+        )
+        if state["result"].stopped_early or state["result"].stopped_by_time:
+            model.load_state_dict(state["best_state"])
+            return state["result"]
+    elif writes:
+        (run_dir / "metrics.jsonl").write_text("")
+    result: FitResult = state["result"]
+    fit_start = time.perf_counter() - result.train_seconds
+    n = len(train)
+
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        net.train()
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        steps = 0
-        batches = train.batches(config.batch_size, shuffle=True, generator=shuffle)
+        totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, rows (this rank)
+        batches = train.batches(
+            local_batch, shuffle=True, generator=shuffle, rank=ctx.rank, world_size=ctx.world_size
+        )
         bar = tqdm(
             batches,
-            total=math.ceil(len(train) / config.batch_size),
+            total=math.ceil(n / config.batch_size),
             desc=f"epoch {epoch}",
-            disable=not config.progress,
+            disable=not (config.progress and ctx.is_main),
             leave=False,
         )
-        for batch in bar:
+        for step, batch in enumerate(bar):
+            rows = min(config.batch_size, n - step * config.batch_size)  # rows of this global batch
             batch = batch.to(device)
             with autocast(device, config.precision):
-                logits = model(*batch.inputs())
-            loss = loss_fn(logits.float(), batch.label)
+                logits = net(*batch.inputs())
+            bce = F.binary_cross_entropy_with_logits(logits.float(), batch.label, reduction="sum")
+            loss = bce * (ctx.world_size / rows)  # DDP averages over ranks: this makes it the global mean
             if config.embedding_l2 > 0:
                 loss = loss + config.embedding_l2 / 2 * sum(t.pow(2).sum() for t in tables)
             for optimizer in optimizers:
@@ -258,54 +345,86 @@ def fit(
                 nn.utils.clip_grad_norm_(clip_params, config.grad_clip_norm)
             for optimizer in optimizers:
                 optimizer.step()
-            loss_sum += loss.detach()
-            steps += 1
-            if config.progress and steps % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / steps:.4f}")
+            totals[0] += bce.detach()
+            totals[1] += len(batch)
+            if config.progress and ctx.is_main and step % 20 == 19:
+                bar.set_postfix(loss=f"{totals[0].item() / totals[1].item():.4f}")
         train_seconds = time.perf_counter() - start
+        totals = all_reduce_sum(totals, ctx)
         result.train_seconds += train_seconds
-        result.train_examples += len(train)
+        result.train_examples += n
 
         eval_start = time.perf_counter()
-        valid_metrics = evaluate(model, valid, config.eval_batch_size, config.precision)
+        scorer = net if config.embedding_sharding != "none" else model  # sharded lookups need every rank
+        valid_metrics = binary_metrics(valid.label.numpy(), _predict_shard(scorer, valid, config, device, ctx))
         score = valid_metrics[config.monitor]
-        improved = score > best_score + 1e-6 if maximise else score < best_score - 1e-6
+        improved = score > state["best_score"] + 1e-6 if maximise else score < state["best_score"] - 1e-6
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / max(steps, 1),
+            "train_loss": totals[0].item() / max(totals[1].item(), 1),
             **{f"valid_{k}": v for k, v in valid_metrics.items()},
             "lr": optimizers[0].param_groups[0]["lr"],
             "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - eval_start,
-            "train_examples_per_second": len(train) / train_seconds,
+            "train_examples_per_second": n / train_seconds,
             "improved": improved,
         }
         result.history.append(record)
-        if run_dir is not None:
+        if writes:
             with open(run_dir / "metrics.jsonl", "a") as out:
                 out.write(json.dumps(record) + "\n")
-        if config.progress:
+        if config.progress and ctx.is_main:
             tqdm.write(
                 f"epoch {epoch}: train loss {record['train_loss']:.4f}  valid auc "
                 f"{valid_metrics['auc']:.4f} logloss {valid_metrics['logloss']:.4f}"
                 + ("" if improved else "  (no improvement)")
             )
         if improved:
-            best_score, bad_epochs = score, 0
+            state["best_score"], state["bad_epochs"] = score, 0
             result.best_epoch, result.best_valid = epoch, valid_metrics
-            best_state = copy.deepcopy(model.state_dict())
-            if run_dir is not None:
-                torch.save(best_state, run_dir / "best.pt")
+            state["best_state"] = copy.deepcopy(model.state_dict())
+            if writes:
+                torch.save(state["best_state"], run_dir / "best.pt")
         else:
-            bad_epochs += 1
+            state["bad_epochs"] += 1
             for optimizer in optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = max(group["lr"] * config.lr_decay, config.min_lr)
-            if bad_epochs >= config.patience:
+            if state["bad_epochs"] >= config.patience:
                 result.stopped_early = True
-                break
         if config.max_minutes is not None and time.perf_counter() - fit_start > 60 * config.max_minutes:
-            result.stopped_by_time = True
+            result.stopped_by_time = not result.stopped_early
+        if run_dir is not None:
+            _save_checkpoint(run_dir, epoch, model, optimizers, shuffle, state, ctx)
+        if result.stopped_early or result.stopped_by_time:
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(state["best_state"])
     return result
+
+
+def _save_checkpoint(run_dir: Path, epoch: int, model, optimizers, shuffle, state: dict, ctx: DistContext) -> None:
+    """``last.pt``: everything needed to continue the run exactly (rank 0 writes it)."""
+    rng = torch.get_rng_state()
+    if ctx.distributed:
+        states = [torch.empty_like(rng) for _ in range(ctx.world_size)]
+        torch.distributed.all_gather(states, rng.to(next(model.parameters()).device))
+        states = [r.cpu() for r in states]
+    else:
+        states = [rng]
+    if not ctx.is_main:
+        return
+    result = json.dumps(dataclasses.asdict(state["result"]))  # plain JSON: loadable with weights_only
+    checkpoint = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+        "shuffle": shuffle.get_state(),
+        "rng": states,
+        "best_score": state["best_score"],
+        "bad_epochs": state["bad_epochs"],
+        "best_state": state["best_state"],
+        "result": result,
+    }
+    tmp = run_dir / "last.pt.tmp"
+    torch.save(checkpoint, tmp)
+    tmp.replace(run_dir / "last.pt")

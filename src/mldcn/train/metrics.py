@@ -65,7 +65,7 @@ def normalized_entropy(labels, probs) -> float:
     y, p = _as_arrays(labels, probs)
     rate = float(np.clip(y.mean(), EPS, 1.0 - EPS))
     base = -(rate * np.log(rate) + (1.0 - rate) * np.log(1.0 - rate))
-    return logloss(y, p) / base
+    return float(logloss(y, p) / base)
 
 
 def calibration(labels, probs) -> float:

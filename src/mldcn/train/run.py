@@ -21,7 +21,16 @@ from mldcn.models.config import ModelConfig, model_config_from_dict
 from mldcn.models.flops import model_cost
 from mldcn.models.ranking import RankingModel
 from mldcn.models.registry import create_model
-from mldcn.train.loop import FitResult, TrainConfig, evaluate, fit, resolve_precision, seed_everything
+from mldcn.train import distributed
+from mldcn.train.loop import (
+    FitResult,
+    TrainConfig,
+    evaluate,
+    fit,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 
 
 @dataclass(frozen=True)
@@ -106,18 +115,32 @@ class RunResult:
         }
 
 
-def run(config: RunConfig, run_dir: str | Path | None = None, dataset: Dataset | None = None) -> RunResult:
-    """Train and test one model; write the run directory if ``run_dir`` is given."""
+def run(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    save_model: bool = True,
+) -> RunResult:
+    """Train and test one model; write the run directory if ``run_dir`` is given.
+
+    Under ``torchrun`` the process group is joined here and every rank trains
+    its shard (:func:`mldcn.train.loop.fit`); rank 0 writes the files. With
+    ``resume`` training continues from ``run_dir/last.pt``. ``save_model``
+    writes the served artifact to ``run_dir/model``.
+    """
+    ctx = distributed.init(resolve_device(config.train.device))
     dataset = dataset if dataset is not None else load_data(config.data)
     run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
+    writes = run_dir is not None and ctx.is_main
+    if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(config.to_dict(), run_dir / "config.yaml")
     seed_everything(config.train.seed)
     model = create_model(config.model, dataset.features)
     cost = model_cost(model)
     start = time.perf_counter()
-    result = fit(model, dataset.train, dataset.valid, config.train, run_dir)
+    result = fit(model, dataset.train, dataset.valid, config.train, run_dir, resume=resume)
     seconds = time.perf_counter() - start
     test = evaluate(model, dataset.test, config.train.eval_batch_size, config.train.precision)
     cost_dict = {
@@ -130,10 +153,11 @@ def run(config: RunConfig, run_dir: str | Path | None = None, dataset: Dataset |
     }
     precision = resolve_precision(config.train.precision, next(model.parameters()).device)
     outcome = RunResult(config, model, result, test, cost_dict, seconds, run_dir, precision)
-    if run_dir is not None:
-        summary = {**outcome.summary(), "data": dataset.info}
+    if writes:
+        summary = {**outcome.summary(), "data": dataset.info, "processes": ctx.world_size}
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
-        _save_model_artifact(config, model, run_dir / "model", {"test": test, "data": dataset.info})
+        if save_model:
+            _save_model_artifact(config, model, run_dir / "model", {"test": test, "data": dataset.info})
     return outcome
 
 

@@ -1,0 +1,285 @@
+"""``mldcn predict``: raw rows in, probabilities out, with exactly the training preprocessing.
+
+The toy click log below (and ``trained_run``) is shared with test_artifact.py and
+test_serve.py, which import it from here: a CSV with two categorical fields, a
+numeric field also bucketised into a categorical one, and a multi-valued field,
+prepared with ``mldcn prepare``'s code and trained for one epoch (about a second).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mldcn.cli import main
+from mldcn.data.encode import Encoder
+from mldcn.data.prepare import prepare
+from mldcn.data.prepared import load_split
+from mldcn.data.readers import DataError
+from mldcn.data.schema import load_schema
+from mldcn.data.synthetic import SyntheticConfig
+from mldcn.models import HeadConfig, get_preset
+from mldcn.serve.artifact import load_artifact
+from mldcn.serve.predict import (
+    TorchBackend,
+    make_backend,
+    predict_file,
+    predict_prepared,
+    read_probabilities,
+)
+from mldcn.train.loop import TrainConfig
+from mldcn.train.run import DataConfig, RunConfig, run
+
+SCHEMA = """\
+name: toy
+format: csv
+label: {name: label}
+categorical:
+  - {name: user}
+  - {name: item}
+  - {name: price_bucket, source: price, derive: bucketize, num_buckets: 4}
+numeric:
+  - {name: price, transform: log_standardize}
+sequence:
+  - {name: genres, separator: "|", max_len: 3}
+"""
+HEADER = ["label", "user", "item", "price", "genres"]
+TINY_MODEL = (
+    get_preset("mldcn")
+    .replace(embedding_dim=4, head=HeadConfig(hidden=(16,)))
+    .with_interaction(rank=4, num_layers=2)
+)
+TINY_TRAIN = TrainConfig(epochs=1, batch_size=256, lr=3e-3, progress=False, seed=0, precision="fp32")
+
+
+def toy_rows(n: int, seed: int) -> list[list[str]]:
+    """Rows of the toy log as the CSV holds them (the label depends on user, item, price, genres)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        user, item, price = int(rng.integers(0, 30)), int(rng.integers(0, 40)), float(rng.exponential(10))
+        genres = "|".join(rng.choice(list("abcde"), size=int(rng.integers(0, 4)), replace=False))
+        logit = 0.3 * (user % 5) - 0.2 * (item % 7) + 0.05 * price + (1.0 if "a" in genres else 0.0) - 1.0
+        label = int(rng.random() < 1 / (1 + np.exp(-logit)))
+        rows.append([str(label), f"u{user}", f"i{item}", f"{price:.3f}", genres])
+    return rows
+
+
+def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def make_toy_data(directory: Path) -> dict[str, Path]:
+    """Raw train/valid/test CSVs, the schema and the prepared directory under ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "schema.yaml").write_text(SCHEMA)
+    files = {
+        name: write_csv(directory / f"{name}.csv", toy_rows(n, seed))
+        for name, n, seed in (("train", 3000, 0), ("valid", 500, 1), ("test", 400, 2))
+    }
+    prepared = directory / "prepared"
+    prepare(load_schema(directory / "schema.yaml"), prepared, **files)
+    return {**files, "schema": directory / "schema.yaml", "prepared": prepared}
+
+
+def train_toy(directory: Path, data: dict[str, Path], model=TINY_MODEL) -> Path:
+    """Train one epoch on the prepared toy data; the run directory (its artifact is ``run/model``)."""
+    config = RunConfig(model=model, data=DataConfig(source="prepared", path=str(data["prepared"])), train=TINY_TRAIN)
+    run(config, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("toy")
+    data = make_toy_data(base / "data")
+    return {**data, "run": train_toy(base / "run", data)}
+
+
+@pytest.fixture(scope="module")
+def artifact(toy):
+    return load_artifact(toy["run"])
+
+
+def eager_probabilities(model, categorical, numeric, sequence) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.sigmoid(model(categorical.long(), numeric, None if sequence is None else sequence.long())).numpy()
+
+
+# ---------------------------------------------------------------------------- the preprocessing
+
+
+def test_raw_rows_get_exactly_the_training_preprocessing(toy, artifact, tmp_path):
+    out = predict_file(artifact, toy["test"], tmp_path / "p.csv")
+    test = load_split(toy["prepared"], "test")
+    expected = eager_probabilities(artifact.model, *test.inputs())
+    got = read_probabilities(tmp_path / "p.csv")
+    assert out.rows_read == out.rows_written == len(test) == 400
+    assert out.rows_skipped == 0
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert np.std(got) > 0.01  # a trained model, not a constant
+
+
+def test_prepared_split_prediction_matches_raw_file(toy, artifact, tmp_path):
+    raw = predict_file(artifact, toy["test"], tmp_path / "raw.csv")
+    prepared = predict_prepared(artifact, toy["prepared"], "test", tmp_path / "prepared.parquet")
+    assert prepared.rows_read == prepared.rows_written == raw.rows_written
+    table = pq.read_table(tmp_path / "prepared.parquet")
+    assert table.column_names == ["label", "probability"]
+    np.testing.assert_array_equal(table["label"].to_numpy(), load_split(toy["prepared"], "test").label.numpy())
+    np.testing.assert_allclose(read_probabilities(tmp_path / "prepared.parquet"), read_probabilities(tmp_path / "raw.csv"), atol=1e-6)
+
+
+def test_unknown_categories_map_to_the_oov_id(toy, artifact, tmp_path):
+    rows = toy_rows(5, seed=7)
+    unseen = [[r[0], "never-seen-user", "never-seen-item", r[3], "zzz|a"] for r in rows]
+    write_csv(tmp_path / "unseen.csv", unseen)
+    predict_file(artifact, tmp_path / "unseen.csv", tmp_path / "p.csv")
+
+    columns = {name: pa.array([r[i] for r in unseen]) for i, name in enumerate(HEADER)}
+    encoded = artifact.encoder.encode(columns)
+    assert (encoded.categorical[:, :2] == 0).all()  # user, item: OOV
+    assert (encoded.sequence[:, 0, 0] == 1).all()  # 'zzz': the multi-valued OOV id
+    expected = eager_probabilities(
+        artifact.model,
+        torch.from_numpy(encoded.categorical),
+        torch.from_numpy(encoded.numeric),
+        torch.from_numpy(encoded.sequence),
+    )
+    np.testing.assert_allclose(read_probabilities(tmp_path / "p.csv"), expected, atol=1e-6)
+
+
+def test_input_without_label_column(toy, artifact, tmp_path):
+    rows = toy_rows(50, seed=3)
+    write_csv(tmp_path / "with.csv", rows)
+    write_csv(tmp_path / "without.csv", [r[1:] for r in rows], header=HEADER[1:])
+    predict_file(artifact, tmp_path / "with.csv", tmp_path / "a.csv")
+    report = predict_file(artifact, tmp_path / "without.csv", tmp_path / "b.csv")
+    assert report.rows_written == 50
+    np.testing.assert_array_equal(read_probabilities(tmp_path / "a.csv"), read_probabilities(tmp_path / "b.csv"))
+
+
+def test_streams_in_chunks_with_the_same_result(toy, artifact, tmp_path):
+    whole = predict_file(artifact, toy["test"], tmp_path / "whole.csv")
+    chunked = predict_file(artifact, toy["test"], tmp_path / "chunked.csv", chunk_bytes=1024, batch_size=7)
+    assert chunked.rows_read == chunked.rows_written == whole.rows_written
+    np.testing.assert_allclose(read_probabilities(tmp_path / "chunked.csv"), read_probabilities(tmp_path / "whole.csv"), atol=1e-6)
+
+
+def test_parquet_in_parquet_out_with_kept_columns(toy, artifact, tmp_path):
+    table = pcsv.read_csv(toy["test"], convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in HEADER}))
+    pq.write_table(table.drop(["label"]).append_column("request_id", pa.array([f"r{i}" for i in range(len(table))])), tmp_path / "in.parquet")
+    report = predict_file(artifact, tmp_path / "in.parquet", tmp_path / "out.parquet", keep_columns=("request_id",), line_numbers=True)
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == ["request_id", "line", "probability"]
+    assert out["request_id"].to_pylist() == [f"r{i}" for i in range(400)]
+    assert out["line"].to_pylist() == list(range(1, 401))
+    assert report.rows_written == 400
+    predict_file(artifact, toy["test"], tmp_path / "csv.csv")
+    np.testing.assert_allclose(out["probability"].to_numpy(), read_probabilities(tmp_path / "csv.csv"), atol=1e-6)
+
+
+def test_bad_rows_stop_with_file_line_and_field(toy, artifact, tmp_path):
+    rows = toy_rows(10, seed=4)
+    rows[5][3] = "cheap"  # line 7 (after the header)
+    write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(DataError, match=r"bad\.csv:7: field 'price': 'cheap' is not a number"):
+        predict_file(artifact, tmp_path / "bad.csv", tmp_path / "p.csv")
+
+
+def test_skipped_bad_rows_are_counted_and_rows_add_up(toy, artifact, tmp_path):
+    rows = toy_rows(10, seed=4)
+    rows[5][3] = "cheap"
+    write_csv(tmp_path / "bad.csv", rows)
+    lines = (tmp_path / "bad.csv").read_text().splitlines()
+    lines.insert(3, "1,u1")  # a short row: line 4
+    (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
+    report = predict_file(artifact, tmp_path / "bad.csv", tmp_path / "p.csv", on_bad_rows="skip", line_numbers=True)
+    assert (report.rows_read, report.rows_written, report.rows_skipped) == (11, 9, 2)
+    assert sorted(b["line"] for b in report.skipped_examples) == [4, 8]
+    out = pcsv.read_csv(tmp_path / "p.csv")
+    assert out["line"].to_pylist() == [2, 3, 5, 6, 7, 9, 10, 11, 12]
+
+
+def test_empty_input_is_an_error(artifact, tmp_path):
+    (tmp_path / "empty.csv").write_text(",".join(HEADER) + "\n")
+    with pytest.raises(DataError, match="no data rows"):
+        predict_file(artifact, tmp_path / "empty.csv", tmp_path / "p.csv")
+
+
+def test_bf16_precision_is_close_to_fp32(toy, artifact, tmp_path):
+    predict_file(artifact, toy["test"], tmp_path / "fp32.csv")
+    predict_file(artifact, toy["test"], tmp_path / "bf16.csv", backend=make_backend(artifact, "torch", "bf16"))
+    difference = np.abs(read_probabilities(tmp_path / "bf16.csv") - read_probabilities(tmp_path / "fp32.csv"))
+    assert difference.max() < 0.02
+
+
+def test_onnx_backend_matches_torch(toy, artifact, tmp_path):
+    predict_file(artifact, toy["test"], tmp_path / "torch.csv", backend=TorchBackend(artifact.model))
+    predict_file(artifact, toy["test"], tmp_path / "onnx.csv", backend=make_backend(artifact, "onnx"))
+    np.testing.assert_allclose(read_probabilities(tmp_path / "onnx.csv"), read_probabilities(tmp_path / "torch.csv"), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_predict_command(toy, tmp_path, capsys):
+    code = main(["predict", str(toy["run"]), "--input", str(toy["test"]), "--out", str(tmp_path / "p.csv"), "--keep", "user"])
+    assert code == 0
+    assert "400 rows read = 400 predicted + 0 skipped" in capsys.readouterr().out
+    out = pcsv.read_csv(tmp_path / "p.csv")
+    assert out.column_names == ["user", "probability"] and out.num_rows == 400
+
+
+def test_predict_command_on_a_prepared_split(toy, tmp_path, capsys):
+    code = main(["predict", str(toy["run"] / "model"), "--prepared", str(toy["prepared"]), "--split", "valid", "--out", str(tmp_path / "v.parquet")])
+    assert code == 0
+    assert "prepared:valid: 500 rows read = 500 predicted" in capsys.readouterr().out
+
+
+def test_predict_command_errors_name_the_problem(toy, tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nothing"), "--input", str(toy["test"]), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "no such model artifact directory" in capsys.readouterr().err
+    assert main(["predict", str(toy["run"]), "--input", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "missing.csv: file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- models that take ids
+
+
+def test_synthetic_model_predicts_a_file_of_ids(tmp_path):
+    data = SyntheticConfig(train_rows=2000, valid_rows=500, test_rows=500, vocab_sizes=(4, 8), num_numeric=1, seed=1)
+    config = RunConfig(model=TINY_MODEL, data=DataConfig(synthetic=data), train=TINY_TRAIN)
+    result = run(config, tmp_path / "run")
+    artifact = load_artifact(tmp_path / "run")
+    assert artifact.encoder is None and artifact.info["inputs"] == "ids"
+    test = result.model  # the trained model, in memory
+    categorical = torch.tensor([[0, 7], [3, 1], [1, 0]])
+    numeric = torch.tensor([[0.5], [-1.0], [2.0]])
+    write_csv(tmp_path / "ids.csv", [[str(c0), str(c1), str(x)] for (c0, c1), (x,) in zip(categorical.tolist(), numeric.tolist())], header=["c0", "c1", "n0"])
+    predict_file(artifact, tmp_path / "ids.csv", tmp_path / "p.csv")
+    np.testing.assert_allclose(read_probabilities(tmp_path / "p.csv"), eager_probabilities(test.eval(), categorical, numeric, None), atol=1e-6)
+
+    write_csv(tmp_path / "bad.csv", [["9", "0", "0.1"]], header=["c0", "c1", "n0"])
+    with pytest.raises(DataError, match=r"line 2: field 'c0': '9' is not an id in \[0, 4\)"):
+        predict_file(artifact, tmp_path / "bad.csv", tmp_path / "p.csv")
+
+
+def test_encoder_in_the_artifact_is_the_prepared_one(toy, artifact):
+    prepared = Encoder.load(toy["prepared"])
+    assert artifact.encoder.features == prepared.features
+    assert artifact.encoder.numeric_stats == prepared.numeric_stats
+    for name, vocab in prepared.vocabularies.items():
+        assert artifact.encoder.vocabularies[name].equals(vocab)
+    np.testing.assert_array_equal(artifact.encoder.boundaries["price_bucket"], prepared.boundaries["price_bucket"])
