@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_predict import (  # the shared toy click log
+from toy_log import (  # the shared toy click log
     TINY_MODEL,
     make_toy_data,
     train_toy,

@@ -9,15 +9,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
 
 from mldcn.data.synthetic import make_synthetic
 from mldcn.train.distributed import DistContext, gather_strided
 from mldcn.train.loop import fit, seed_everything
-
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-import ddp_worker  # noqa: E402
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_predict import make_toy_data, train_toy  # the shared toy click log
+from toy_log import make_toy_data, train_toy  # the shared toy click log
 
 from mldcn.cli import main
 from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField

@@ -103,10 +103,6 @@ def test_bf16_loss_is_computed_in_fp32(data, monkeypatch):
 
 def test_compiled_training_follows_the_eager_curve():
     # torch.compile on CPU (inductor): the GPU-readiness path, checked for correctness here
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent / "helpers"))
     import ddp_worker
 
     data = make_synthetic(replace(ddp_worker.DATA, train_rows=2048))

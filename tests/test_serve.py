@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from test_predict import (  # the shared toy log
+from toy_log import (  # the shared toy log
     HEADER,
     TINY_MODEL,
     TINY_TRAIN,
