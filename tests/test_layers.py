@@ -14,6 +14,8 @@ import pkgutil
 
 import pytest
 import torch
+from golden import assert_close as _assert_close
+from golden import set_weights as _set
 from torch import nn
 
 import mldcn.layers
@@ -33,18 +35,6 @@ from mldcn.layers import (
     SerialMaskNet,
     StackedHead,
 )
-
-
-def _set(param: torch.Tensor, value) -> None:
-    with torch.no_grad():
-        param.copy_(torch.as_tensor(value, dtype=param.dtype).reshape(param.shape))
-
-
-def _assert_close(actual: torch.Tensor, expected, atol: float = 1e-6) -> None:
-    expected = torch.as_tensor(expected, dtype=actual.dtype)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
-
 
 # --------------------------------------------------------------------------- docstrings
 

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from golden import assert_close as _assert_close
+from golden import set_weights as _set
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,17 +29,6 @@ from mldcn.models.rankmixer import (
     SparseMoERankMixerConfig,
     effective_sizes,
 )
-
-
-def _set(param: torch.Tensor, value) -> None:
-    with torch.no_grad():
-        param.copy_(torch.as_tensor(value, dtype=param.dtype).reshape(param.shape))
-
-
-def _assert_close(actual: torch.Tensor, expected, atol: float = 1e-6) -> None:
-    expected = torch.as_tensor(expected, dtype=actual.dtype)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
 
 
 def gelu(v: float) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from golden import assert_close as _assert_close
+from golden import set_weights as _set
 from torch.utils.flop_counter import FlopCounterMode
 
 from mldcn.config import ConfigError
@@ -18,18 +20,6 @@ from mldcn.layers.wukong import wukong_flops
 from mldcn.models import create_model, get_family, get_preset, model_config_from_dict
 from mldcn.models.budget import interaction_flops, match_budget
 from mldcn.models.wukong import WuKongConfig, staged_width
-
-
-def _set(param: torch.Tensor, value) -> None:
-    with torch.no_grad():
-        param.copy_(torch.as_tensor(value, dtype=param.dtype).reshape(param.shape))
-
-
-def _assert_close(actual: torch.Tensor, expected, atol: float = 1e-6) -> None:
-    expected = torch.as_tensor(expected, dtype=actual.dtype)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
-
 
 # --------------------------------------------------------------------------- golden by hand
 

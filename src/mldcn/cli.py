@@ -350,41 +350,21 @@ def _study_config(args: argparse.Namespace) -> dict:
     return apply_overrides(data, args.set)
 
 
-def _add_scale(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "scale",
-        help="matched-FLOPs sweep: families x budgets x seeds",
-        description="Train every family at every FLOPs budget with several seeds (resumable); write "
-        "the results, a summary with significance tests and an AUC-vs-FLOPs plot.",
-    )
-    p.add_argument("--config", help="scale config YAML (budgets, families, seeds, train, grid, data)")
+def _add_study(sub: argparse._SubParsersAction, name: str, help: str, description: str, what: str, func) -> None:
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("--config", help=f"{what} config YAML")
     p.add_argument("--data", help="a prepared data directory (default: synthetic)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", required=True, help="output folder (rerun to resume)")
-    p.set_defaults(func=cmd_scale)
+    p.set_defaults(func=func)
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
     from mldcn.studies.scale import run_scale, scale_config_from_dict
 
-    summary = run_scale(scale_config_from_dict(_study_config(args)), args.out)
+    run_scale(scale_config_from_dict(_study_config(args)), args.out)
     print((Path(args.out) / "summary.md").read_text())
-    del summary
     return 0
-
-
-def _add_ablate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "ablate",
-        help="ML-DCN's options at one FLOPs budget",
-        description="Train each ML-DCN variant (mask kind, source, site, activation, sharing, "
-        "LayerNorm, width) at one FLOPs budget under the same seeds and compare them.",
-    )
-    p.add_argument("--config", help="ablation config YAML")
-    p.add_argument("--data", help="a prepared data directory (default: synthetic)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
-    p.set_defaults(func=cmd_ablate)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -403,8 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_models(sub)
     _add_budget(sub)
-    _add_scale(sub)
-    _add_ablate(sub)
+    _add_study(
+        sub,
+        "scale",
+        "matched-FLOPs sweep: families x budgets x seeds",
+        "Train every family at every FLOPs budget with several seeds (resumable); write the results, "
+        "a summary with significance tests and an AUC-vs-FLOPs plot.",
+        "scale (budgets, families, seeds, train, grid, data)",
+        cmd_scale,
+    )
+    _add_study(
+        sub,
+        "ablate",
+        "ML-DCN's options at one FLOPs budget",
+        "Train each ML-DCN variant (mask kind, source, site, activation, sharing, LayerNorm, width) "
+        "at one FLOPs budget under the same seeds and compare them.",
+        "ablation",
+        cmd_ablate,
+    )
     _add_prepare(sub)
     _add_train(sub)
     add_serve_commands(sub)  # predict, export, serve

@@ -36,6 +36,17 @@ class ModelCost:
         """All dense FLOPs of a forward pass."""
         return self.interaction + self.head + self.embedding
 
+    def to_dict(self) -> dict[str, int]:
+        """The figures reports and artifacts record."""
+        return {
+            "interaction_flops": self.interaction.total,
+            "total_flops": self.total.total,
+            "matmul_flops": self.total.matmul,
+            "dense_params": self.dense_params,
+            "embedding_params": self.embedding_params,
+            "embedding_bytes_read": self.embedding_bytes_read,
+        }
+
 
 def model_cost(model: RankingModel) -> ModelCost:
     tables = {id(t) for t in model.embedding.tables()}

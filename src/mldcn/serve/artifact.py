@@ -77,19 +77,6 @@ class Artifact:
         return self.info["weights_sha256"]
 
 
-def model_cost_summary(model: RankingModel) -> dict:
-    """Per-example FLOPs and parameter counts of ``model`` (the convention of :mod:`mldcn.layers.flops`)."""
-    cost = model_cost(model)
-    return {
-        "interaction_flops": cost.interaction.total,
-        "total_flops": cost.total.total,
-        "matmul_flops": cost.total.matmul,
-        "dense_params": cost.dense_params,
-        "embedding_params": cost.embedding_params,
-        "embedding_bytes_read": cost.embedding_bytes_read,
-    }
-
-
 def save_artifact(
     directory: str | Path,
     model: RankingModel,
@@ -139,7 +126,7 @@ def save_artifact(
         "preprocessing": PREPROCESSING_DIR if encoder is not None else None,
         "weights": WEIGHTS_FILE,
         "weights_sha256": _sha256(tmp / WEIGHTS_FILE),
-        "cost": model_cost_summary(model),
+        "cost": model_cost(model).to_dict(),
         **(extra or {}),
     }
     (tmp / ARTIFACT_FILE).write_text(json.dumps(info, indent=2))

@@ -143,16 +143,8 @@ def run(
     result = fit(model, dataset.train, dataset.valid, config.train, run_dir, resume=resume)
     seconds = time.perf_counter() - start
     test = evaluate(model, dataset.test, config.train.eval_batch_size, config.train.precision)
-    cost_dict = {
-        "interaction_flops": cost.interaction.total,
-        "total_flops": cost.total.total,
-        "matmul_flops": cost.total.matmul,
-        "dense_params": cost.dense_params,
-        "embedding_params": cost.embedding_params,
-        "embedding_bytes_read": cost.embedding_bytes_read,
-    }
     precision = resolve_precision(config.train.precision, next(model.parameters()).device)
-    outcome = RunResult(config, model, result, test, cost_dict, seconds, run_dir, precision)
+    outcome = RunResult(config, model, result, test, cost.to_dict(), seconds, run_dir, precision)
     if writes:
         summary = {**outcome.summary(), "data": dataset.info, "processes": ctx.world_size}
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
