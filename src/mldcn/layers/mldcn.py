@@ -94,7 +94,7 @@ class MaskedLowRankCrossNet(nn.Module):
         num_layers: int,
         rank: int,
         mask_kind: str = "instance",
-        mask_source: str = "x0",
+        mask_source: str = "xl",
         mask_site: str = "rank",
         mask_activation: str = "identity",
         hidden_ratio: float = 1.0,

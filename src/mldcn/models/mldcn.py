@@ -19,7 +19,7 @@ class MLDCNConfig(Config):
     num_layers: int = 3
     rank: int = 32
     mask_kind: Literal["instance", "static", "none"] = "instance"
-    mask_source: Literal["x0", "xl"] = "x0"
+    mask_source: Literal["x0", "xl"] = "xl"
     mask_site: Literal["rank", "input", "output"] = "rank"
     mask_activation: Literal["identity", "sigmoid", "2sigmoid", "softplus"] = "identity"
     hidden_ratio: float = 1.0

@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "no_mask": {"mask_kind": "none"},
     "static_mask": {"mask_kind": "static"},
-    "source_xl": {"mask_source": "xl"},
+    "source_x0": {"mask_source": "x0"},
     "site_input": {"mask_site": "input"},
     "site_output": {"mask_site": "output"},
     "g_sigmoid": {"mask_activation": "sigmoid"},
