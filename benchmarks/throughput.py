@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/throughput.py --budget 150000 --threads 2
     .venv/bin/python benchmarks/throughput.py --budget 2000000 --precision bf16 --mfu
+    .venv/bin/python benchmarks/throughput.py --models wukong rankmixer   (+ dcnv2_lowrank, the baseline)
 
 Every family is resized to the same interaction budget (±3%) and given the same
 head, then timed on the same synthetic batches in one process, one after the
@@ -34,7 +35,7 @@ from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig
 from mldcn.studies.table import format_table
 
-FAMILIES = ("mldcn", "dcnv2_lowrank", "dcnv2_mixture", "masknet_parallel", "masknet_serial")
+FAMILIES = ("mldcn", "dcnv2_lowrank", "dcnv2_mixture", "masknet_parallel", "masknet_serial", "wukong", "rankmixer")
 REFERENCES = ("dnn", "lr")
 BASELINE = "dcnv2_lowrank"
 
@@ -76,7 +77,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--mfu", action="store_true", help="measure the matmul peak and report MFU")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument(
+        "--models", nargs="+", choices=FAMILIES + REFERENCES, help=f"a subset to time (always with {BASELINE})"
+    )
     args = parser.parse_args()
+    names = [n for n in FAMILIES + REFERENCES if not args.models or n in args.models or n == BASELINE]
     torch.set_num_threads(args.threads)
     peak = matmul_peak(args.precision) if args.mfu else None
     if peak:
@@ -89,7 +94,7 @@ def main() -> None:
     head = HeadConfig(structure="parallel", hidden=(256, 128))
     generator = torch.Generator().manual_seed(0)
     rows = []
-    for name in FAMILIES + REFERENCES:
+    for name in names:
         config = get_preset(name)
         if name in FAMILIES:
             config = match_budget(config.replace(head=head), features, args.budget)
