@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -180,3 +185,51 @@ def test_budget_command_lists_each_family_within_tolerance(capsys):
         assert name in out
     errors = [float(token.rstrip("%")) for token in out.split() if token.endswith("%") and token[0] in "+-"]
     assert len(errors) == 3 and all(abs(e) <= 3 for e in errors)
+
+
+def _tiny_specs(config):
+    from mldcn.studies.runner import RunSpec
+    from mldcn.studies.scale import sized_models
+    from mldcn.train.run import load_data
+
+    dataset = load_data(config.data)
+    models = sized_models(config, dataset)
+    train = dataclasses.replace(config.train, seed=0)
+    specs = [RunSpec(f"{f}|{b}", m, train, {"family": f}) for (f, b), m in models.items()]
+    return dataset, specs
+
+
+def test_study_workers_skip_live_claims_and_take_over_dead_ones(tmp_path):
+    """Two workers share a folder: a run claimed by a live process is waited for, not rerun;
+    a claim left by a dead process is taken over."""
+    from mldcn.studies.runner import run_study, safe_name
+
+    config = scale_config_from_dict(
+        {"budgets": [20000], "families": ["mldcn", "dcnv2_lowrank"], "seeds": [0], "embedding_dim": 4,
+         "head": {"hidden": [16]}, "train": TINY_TRAIN, "data": TINY_DATA}
+    )
+    dataset, specs = _tiny_specs(config)
+    live, dead = specs
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        for spec, pid in [(live, other.pid), (dead, int(finished.stdout))]:
+            claim = tmp_path / "runs" / safe_name(spec.key) / ".claim"
+            claim.parent.mkdir(parents=True)
+            claim.write_text(str(pid))
+
+        def other_worker_finishes() -> None:  # the live worker appends its result, then releases
+            time.sleep(1.0)
+            with open(tmp_path / "results.jsonl", "a") as f:
+                f.write(json.dumps({"key": live.key, "test_auc": 0.5}) + "\n")
+            (tmp_path / "runs" / safe_name(live.key) / ".claim").unlink()
+
+        threading.Thread(target=other_worker_finishes).start()
+        results = run_study(specs, dataset, config.data, tmp_path, echo=lambda _: None, poll_seconds=0.1)
+    finally:
+        other.kill()
+    assert results[live.key] == {"key": live.key, "test_auc": 0.5}  # waited for, not rerun
+    assert 0.0 < results[dead.key]["test_auc"] <= 1.0  # taken over and trained
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["key"] for line in lines) == sorted([live.key, dead.key])
+    assert not list(tmp_path.glob("runs/*/.claim"))

@@ -4,11 +4,18 @@ Each run has a unique key; its outcome is appended to ``results.jsonl`` as soon
 as it finishes, with its test predictions in ``predictions/``. A rerun of the
 same study skips every key already in ``results.jsonl``, so an interrupted
 sweep continues where it stopped.
+
+Several workers on one machine may share a study's folder (start the same
+command again, e.g. with ``--set train.threads=1`` each): a worker claims a run
+with an exclusive ``runs/<key>/.claim`` file holding its process id, skips runs
+another live worker holds, takes over claims of dead processes, and waits for
+the others' runs before it returns.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -57,52 +64,102 @@ def run_study(
     data_config: DataConfig,
     out_dir: str | Path,
     echo: Callable[[str], None] = print,
+    poll_seconds: float = 10.0,
 ) -> dict[str, dict]:
-    """Run every spec not finished yet; return all results of the study by key."""
+    """Run every spec not finished yet (by this or another worker); return all results by key."""
     out_dir = Path(out_dir)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
     np.save(out_dir / "predictions" / "labels.npy", dataset.test.label.numpy())  # for DeLong's test
-    results = load_results(out_dir)
     specs = list(specs)
-    todo = [s for s in specs if s.key not in results]
-    if len(todo) < len(specs):
-        echo(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; running {len(todo)}")
-    for index, spec in enumerate(todo, 1):
-        start = time.perf_counter()
-        name = safe_name(spec.key)
-        outcome = run(
-            RunConfig(model=spec.model, data=data_config, train=spec.train),
-            out_dir / "runs" / name,
-            dataset=dataset,
-            save_model=False,  # a sweep keeps metrics and predictions, not hundreds of artifacts
-        )
-        probabilities = predict(outcome.model, dataset.test, spec.train.eval_batch_size)
-        np.save(out_dir / "predictions" / f"{name}.npy", probabilities.astype(np.float32))
-        record = {
-            "key": spec.key,
-            **spec.labels,
-            "test_auc": outcome.test["auc"],
-            "test_logloss": outcome.test["logloss"],
-            "test_ne": outcome.test["ne"],
-            "valid_auc": outcome.fit.best_valid.get("auc", float("nan")),
-            "valid_logloss": outcome.fit.best_valid.get("logloss", float("nan")),
-            "best_epoch": outcome.fit.best_epoch,
-            "epochs": len(outcome.fit.history),
-            "stopped_by_time": outcome.fit.stopped_by_time,
-            "fit_seconds": outcome.seconds,
-            "train_examples_per_second": outcome.fit.train_examples_per_second,
-            "precision": outcome.precision,
-            "predictions": f"predictions/{name}.npy",
-            **outcome.cost,
-        }
-        with open(out_dir / "results.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+    results = load_results(out_dir)
+    todo = sum(s.key not in results for s in specs)
+    if todo < len(specs):
+        echo(f"{len(specs) - todo} of {len(specs)} runs already finished; running {todo}")
+    index = 0
+    while True:
+        results.update(load_results(out_dir))  # other workers' runs
+        pending = [s for s in specs if s.key not in results]
+        if not pending:
+            return results
+        spec = next((s for s in pending if _claim(out_dir / "runs" / safe_name(s.key) / ".claim")), None)
+        if spec is None:  # every pending run is held by another live worker
+            time.sleep(poll_seconds)
+            continue
+        claim = out_dir / "runs" / safe_name(spec.key) / ".claim"
+        try:
+            index += 1
+            record = _run_one(spec, dataset, data_config, out_dir, echo, f"{index}/{todo}")
+        finally:
+            claim.unlink(missing_ok=True)
         results[spec.key] = record
-        echo(
-            f"[{index}/{len(todo)}] {spec.key}: test AUC {record['test_auc']:.4f} "
-            f"logloss {record['test_logloss']:.4f} ({record['epochs']} epochs, {time.perf_counter() - start:.0f} s)"
-        )
-    return results
+
+
+def _claim(path: Path) -> bool:
+    """Take the exclusive claim on a run; False while another live process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                return False
+            path.unlink(missing_ok=True)  # left by a dead worker: take it over
+            continue
+        with os.fdopen(descriptor, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_one(spec: RunSpec, dataset: Dataset, data_config: DataConfig, out_dir: Path, echo, position: str) -> dict:
+    start = time.perf_counter()
+    name = safe_name(spec.key)
+    outcome = run(
+        RunConfig(model=spec.model, data=data_config, train=spec.train),
+        out_dir / "runs" / name,
+        dataset=dataset,
+        save_model=False,  # a sweep keeps metrics and predictions, not hundreds of artifacts
+    )
+    probabilities = predict(outcome.model, dataset.test, spec.train.eval_batch_size)
+    np.save(out_dir / "predictions" / f"{name}.npy", probabilities.astype(np.float32))
+    record = {
+        "key": spec.key,
+        **spec.labels,
+        "test_auc": outcome.test["auc"],
+        "test_logloss": outcome.test["logloss"],
+        "test_ne": outcome.test["ne"],
+        "valid_auc": outcome.fit.best_valid.get("auc", float("nan")),
+        "valid_logloss": outcome.fit.best_valid.get("logloss", float("nan")),
+        "best_epoch": outcome.fit.best_epoch,
+        "epochs": len(outcome.fit.history),
+        "stopped_by_time": outcome.fit.stopped_by_time,
+        "fit_seconds": outcome.seconds,
+        "train_examples_per_second": outcome.fit.train_examples_per_second,
+        "precision": outcome.precision,
+        "predictions": f"predictions/{name}.npy",
+        **outcome.cost,
+    }
+    with open(out_dir / "results.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")  # one append per run: workers never interleave lines
+    echo(
+        f"[{position}] {spec.key}: test AUC {record['test_auc']:.4f} "
+        f"logloss {record['test_logloss']:.4f} ({record['epochs']} epochs, {time.perf_counter() - start:.0f} s)"
+    )
+    return record
 
 
 @torch.inference_mode()
