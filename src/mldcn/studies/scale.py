@@ -202,7 +202,7 @@ def summarize(config, models, chosen, results, latency, out_dir: Path) -> dict:
             significance.append(entry)
     summary = {"rows": rows, "significance": significance, "reference": config.reference}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot = plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{config.data.source} — matched interaction FLOPs")
+    plot = plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{Path(config.data.path).name if config.data.path else config.data.source} — matched interaction FLOPs")
     (out_dir / "summary.md").write_text(render_summary(config, rows, significance, plot))
     return summary
 
