@@ -211,7 +211,7 @@ def test_study_workers_skip_live_claims_and_take_over_dead_ones(tmp_path):
     dataset, specs = _tiny_specs(config)
     live, dead = specs
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True)
     try:
         for spec, pid in [(live, other.pid), (dead, int(finished.stdout))]:
             claim = tmp_path / "runs" / safe_name(spec.key) / ".claim"

@@ -70,27 +70,19 @@ class ShardedFeatureEmbedding(nn.Module):
         self.features, self.dim = features, dim
         self.num_fields = features.num_fields
         init = partial(nn.init.normal_, std=init_std)
-        tables = [
-            EmbeddingBagConfig(
-                name=f"table_{f.name}",
+
+        def table(field, pooling: PoolingType) -> EmbeddingBagConfig:
+            return EmbeddingBagConfig(
+                name=f"table_{field.name}",
                 embedding_dim=dim,
-                num_embeddings=f.vocab_size,
-                feature_names=[f.name],
-                pooling=PoolingType.SUM,
+                num_embeddings=field.vocab_size,
+                feature_names=[field.name],
+                pooling=pooling,
                 init_fn=init,
             )
-            for f in features.categorical
-        ] + [
-            EmbeddingBagConfig(
-                name=f"table_{f.name}",
-                embedding_dim=dim,
-                num_embeddings=f.vocab_size,
-                feature_names=[f.name],
-                pooling=PoolingType.MEAN,
-                init_fn=init,
-            )
-            for f in features.sequence
-        ]
+
+        tables = [table(f, PoolingType.SUM) for f in features.categorical]
+        tables += [table(f, PoolingType.MEAN) for f in features.sequence]
         self.tables_collection = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
         self.numeric_weight = (
             nn.Parameter(torch.empty(len(features.numeric), dim).normal_(std=init_std)) if features.numeric else None
