@@ -97,6 +97,24 @@ def test_wrong_literal_value_is_an_error_naming_the_field(data, field):
         model_config_from_dict(data)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.optimizer=adagrad", "train.optimizer: must be one of ['adam', 'adamw'], got 'adagrad'"),
+        ("train.device=tpu", "train.device: must be one of ['cpu', 'cuda', 'auto'], got 'tpu'"),
+        ("model.interaction.mask_source=x1", "model.interaction.mask_source: must be one of ['x0', 'xl'], got 'x1'"),
+        ("train.embedding_lr=fast", "train.embedding_lr: must be float or null, got 'fast' (str)"),
+    ],
+)
+def test_a_bad_override_lists_what_is_allowed(override, message):
+    from mldcn.config import apply_overrides
+    from mldcn.train.run import run_config_from_dict
+
+    with pytest.raises(ConfigError) as error:
+        run_config_from_dict(apply_overrides({"model": "mldcn"}, [override]))
+    assert str(error.value) == message
+
+
 def test_wrong_literal_in_constructor_is_an_error():
     with pytest.raises(ConfigError, match="mask_kind"):
         MLDCNConfig(mask_kind="dynamic")

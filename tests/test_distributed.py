@@ -128,6 +128,36 @@ def test_torchrec_sharded_tables_train_across_two_processes(tmp_path, sharding):
     def metrics(h):
         return [(e["valid_auc"], e["valid_logloss"], e["train_loss"], e["improved"]) for e in h]
 
+    assert [rank["gather_difference"] for rank in ranks] == [0.0, 0.0]
     assert metrics(history) == metrics(ranks[1]["history"])  # gathered validation: the same on every rank
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["valid_auc"] > 0.52
+
+
+@pytest.mark.parametrize("processes, sharding", [(1, "table"), (2, "column")])
+def test_torchrec_sharded_training_from_the_cli_ends_with_test_metrics_and_an_artifact(tmp_path, processes, sharding):
+    pytest.importorskip("torchrec", reason="sharded tables need `make setup-torchrec`")
+    from mldcn.data.synthetic import SyntheticConfig
+    from mldcn.serve.artifact import load_artifact
+    from mldcn.train.loop import evaluate
+
+    rows = {"train_rows": 4000, "valid_rows": 1000, "test_rows": 1000}
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "mldcn", "train", "--model", "dcnv2_lowrank", "--epochs", "2", "--quiet",
+        "--threads", "1", "--nproc", str(processes), "--out", str(out),
+        "--set", f"train.embedding_sharding={sharding}", "--set", "train.precision=fp32",
+        *[item for key, value in rows.items() for item in ("--set", f"data.synthetic.{key}={value}")],
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "test AUC" in completed.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["processes"] == processes and 0.5 < result["test"]["auc"] < 1.0
+    assert result["cost"]["interaction_flops"] > 0
+
+    artifact = load_artifact(out)  # plain tables: loads, scores and exports like any artifact
+    data = make_synthetic(SyntheticConfig(**rows))
+    # the artifact's weights are the best epoch's: they give the validation AUC the sharded model had then
+    assert evaluate(artifact.model, data.valid)["auc"] == pytest.approx(result["best_valid"]["auc"], abs=1e-6)
+    assert evaluate(artifact.model, data.test)["auc"] == pytest.approx(result["test"]["auc"], abs=1e-6)

@@ -125,6 +125,16 @@ def test_export_command_writes_and_checks(toy_run, format, capsys):
     assert "parity with eager PyTorch: max |Δ probability| =" in out and "(ok, tolerance 1e-05)" in out
 
 
+def test_an_export_that_fails_its_parity_check_is_not_left_behind(toy_run, tmp_path, monkeypatch, capsys):
+    import mldcn.serve.export as export
+
+    monkeypatch.setattr(export, "parity", lambda *args: 0.5)  # as if the exported graph computed something else
+    out = tmp_path / "bad.onnx"
+    assert main(["export", str(toy_run["run"]), "--format", "onnx", "--out", str(out)]) == 2
+    assert "parity with eager PyTorch failed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
 def test_onnx_backend_uses_the_exported_file_and_refuses_a_stale_one(toy_run, tmp_path):
     assert main(["export", str(toy_run["run"]), "--format", "onnx", "--no-check"]) == 0
     artifact = load_artifact(toy_run["run"])

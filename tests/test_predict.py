@@ -152,10 +152,28 @@ def test_skipped_bad_rows_are_counted_and_rows_add_up(toy, artifact, tmp_path):
     assert out["line"].to_pylist() == [2, 3, 5, 6, 7, 9, 10, 11, 12]
 
 
-def test_empty_input_is_an_error(artifact, tmp_path):
+def test_empty_input_is_an_error_and_writes_nothing(artifact, tmp_path):
     (tmp_path / "empty.csv").write_text(",".join(HEADER) + "\n")
     with pytest.raises(DataError, match="no data rows"):
         predict_file(artifact, tmp_path / "empty.csv", tmp_path / "p.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.csv"]  # no header-only file, no temporary
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_late_bad_row_leaves_no_partial_output(toy, artifact, tmp_path, suffix):
+    rows = toy_rows(3000, seed=5)
+    rows[2500][3] = "cheap"  # line 2502, several chunks after the first predictions were written
+    write_csv(tmp_path / "bad.csv", rows)
+    out = tmp_path / f"p{suffix}"
+    with pytest.raises(DataError, match=r"bad\.csv:2502:"):
+        predict_file(artifact, tmp_path / "bad.csv", out, chunk_bytes=4096, batch_size=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+    # an earlier output at the same path is left as it was
+    predict_file(artifact, toy["test"], out)
+    before = out.read_bytes()
+    with pytest.raises(DataError):
+        predict_file(artifact, tmp_path / "bad.csv", out, chunk_bytes=4096)
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", out.name]
 
 
 def test_bf16_precision_is_close_to_fp32(toy, artifact, tmp_path):

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from mldcn.cli import main
@@ -115,7 +116,12 @@ TINY_DATA = {
 TINY_TRAIN = {"epochs": 1, "batch_size": 1024, "progress": False, "precision": "fp32"}
 
 
-def test_scale_sweep_end_to_end_and_resume(tmp_path, capsys):
+def test_scale_sweep_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+    import mldcn.studies.scale as scale
+
+    titles = []
+    real_plot = scale.plot_auc_vs_flops
+    monkeypatch.setattr(scale, "plot_auc_vs_flops", lambda rows, path, title: titles.append(title) or real_plot(rows, path, title))
     config = scale_config_from_dict(
         {
             "budgets": [20000, 60000],
@@ -142,11 +148,48 @@ def test_scale_sweep_end_to_end_and_resume(tmp_path, capsys):
     assert {s["rival"] for s in summary["significance"]} == {"dcnv2_lowrank"}
     assert (tmp_path / "summary.md").read_text().count("|") > 20
     assert (tmp_path / "auc_vs_flops.png").stat().st_size > 1000
+    assert titles == ["synthetic — matched interaction FLOPs"]  # the data set's name, not its folder's
     assert (tmp_path / "results.csv").exists()
     # resume: nothing to rerun, same summary
     again = run_scale(config, tmp_path, echo=lambda _: None)
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(results)
     assert [r["auc_mean"] for r in again["rows"]] == [r["auc_mean"] for r in summary["rows"]]
+
+
+ONE_RUN = {
+    "budgets": [20000], "families": ["dcnv2_lowrank"], "reference": "dcnv2_lowrank", "seeds": [0],
+    "embedding_dim": 4, "head": {"hidden": [16]}, "train": TINY_TRAIN, "grid": {"lr": [0.001]},
+    "latency_batches": [1], "data": TINY_DATA,
+}  # fmt: skip
+
+
+def hide(monkeypatch, *modules: str) -> None:
+    """Make ``import module`` fail, as on a machine without it."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, name)
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_scale_without_scipy_says_which_extra_before_training(tmp_path, monkeypatch, capsys):
+    hide(monkeypatch, "scipy")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(ONE_RUN))
+    assert main(["scale", "--config", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "scipy is not installed, and the significance tests of mldcn scale need it: pip install 'mldcn[stats]'" in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()  # refused before the first run
+    assert main(["ablate", "--set", "seeds=[0]", "--out", str(tmp_path / "ablate")]) == 2
+    assert "pip install 'mldcn[stats]'" in capsys.readouterr().err
+
+
+def test_scale_without_matplotlib_says_the_plot_is_skipped(tmp_path, monkeypatch):
+    hide(monkeypatch, "matplotlib")
+    said = []
+    run_scale(scale_config_from_dict(ONE_RUN), tmp_path, echo=said.append)
+    assert any("matplotlib is not installed: the AUC-vs-FLOPs plot will be skipped" in line for line in said)
+    assert "No plot: matplotlib is not installed" in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "auc_vs_flops.png").exists()
 
 
 def test_ablation_end_to_end(tmp_path):

@@ -10,6 +10,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -99,7 +103,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.out:
         raise ConfigError("--resume needs the run directory: --out DIR")
-    result = run(config, out, resume=args.resume)
+    main_process = not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    if main_process:
+        print(f"data: {_describe_data(config.data)}", flush=True)
+    try:
+        result = run(config, out, resume=args.resume)
+    except KeyboardInterrupt:
+        if main_process:
+            print(_interrupted(out), file=sys.stderr)
+        return 130
     if not distributed.context().is_main:
         return 0
     print(f"run directory: {out}")
@@ -110,6 +122,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"train {result.fit.train_examples_per_second:,.0f} ex/s"
     )
     return 0
+
+
+def _describe_data(data) -> str:
+    """One line: what a run trains on."""
+    if data.source == "prepared":
+        return f"prepared data in {data.path}"
+    s = data.synthetic
+    return (
+        f"the embedded synthetic click log ({s.train_rows:,} train / {s.valid_rows:,} valid / {s.test_rows:,} test rows, "
+        f"seed {s.seed}); train on your own log with --data DIR (see `mldcn prepare`)"
+    )
+
+
+def _interrupted(out: Path) -> str:
+    """What to tell a user who pressed Ctrl-C during training: where the checkpoint is, how to resume."""
+    checkpoint = out / "last.pt"
+    if not checkpoint.exists():
+        return f"mldcn train: interrupted before the first epoch finished; no checkpoint was written in {out}"
+    epochs = 0
+    with contextlib.suppress(OSError, ValueError):
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        epochs = max((line.get("epoch", 0) for line in lines), default=0)
+    argv = [token for token in sys.argv[1:] if token != "--resume"]
+    if "--out" not in argv and not any(token.startswith("--out=") for token in argv):
+        argv += ["--out", str(out)]
+    return (
+        f"mldcn train: interrupted. The training state after the last finished epoch ({epochs}) is in "
+        f"{checkpoint}; continue with:\n  mldcn {shlex.join(argv)} --resume"
+    )
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -415,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as error:
         print(f"mldcn {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mldcn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

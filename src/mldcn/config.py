@@ -9,6 +9,7 @@ silently ignored (torchtune validates kwargs against signatures in the same spir
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -77,8 +78,21 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         return dacite.from_dict(
             cls, data, config=dacite.Config(strict=True, cast=[tuple], type_hooks={float: _to_float})
         )
+    except dacite.WrongTypeError as error:
+        raise ConfigError(f"{where or cls.__name__}.{error.field_path}: {_wrong_type(error.field_type, error.value)}") from None
     except dacite.DaciteError as error:
         raise ConfigError(f"{where or cls.__name__}: {error}") from None
+
+
+def _wrong_type(hint: Any, value: Any) -> str:
+    """What a value of the wrong type should have been, with the allowed values of a ``Literal``."""
+    options = list(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    allowed = [a for option in options if typing.get_origin(option) is Literal for a in typing.get_args(option)]
+    if allowed:
+        extra = " or null" if type(None) in options else ""
+        return f"must be one of {allowed}{extra}, got {value!r}"
+    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    return f"must be {names}, got {value!r} ({type(value).__name__})"
 
 
 def _to_float(value: Any) -> Any:
@@ -124,7 +138,10 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def save_yaml(data: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    """Write ``data`` as YAML; the file appears only complete (:func:`mldcn.files.write_text_atomic`)."""
+    from mldcn.files import write_text_atomic  # noqa: PLC0415
+
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -111,3 +111,8 @@ class Dataset:
     valid: TabularSplit
     test: TabularSplit
     info: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """What the data is called in titles: its schema (prepared data) or ``synthetic``."""
+        return self.info.get("schema") or self.info.get("source") or "data"

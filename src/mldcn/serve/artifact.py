@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from mldcn.config import ConfigError
 from mldcn.data.encode import Encoder
 from mldcn.features import FeatureSpec
+from mldcn.files import atomic_path
 from mldcn.models.config import ModelConfig, model_config_from_dict
 from mldcn.models.flops import model_cost
 from mldcn.models.ranking import RankingModel
@@ -100,9 +100,12 @@ def save_artifact(
     directory = Path(directory)
     if directory.exists() and not (directory / ARTIFACT_FILE).exists() and any(directory.iterdir()):
         raise ArtifactError(f"{directory}: exists and is not a model artifact; not overwriting it")
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    with atomic_path(directory) as tmp:  # the artifact appears only complete; an older one stays until then
+        _write_artifact(tmp, model, encoder, features, extra)
+    return directory
+
+
+def _write_artifact(tmp: Path, model: RankingModel, encoder: Encoder | None, features: FeatureSpec, extra: dict | None) -> None:
     tmp.mkdir(parents=True)
     # fp32, contiguous CPU copies: what safetensors stores and every backend loads
     state = {
@@ -130,10 +133,6 @@ def save_artifact(
         **(extra or {}),
     }
     (tmp / ARTIFACT_FILE).write_text(json.dumps(info, indent=2))
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.replace(directory)
-    return directory
 
 
 def resolve_artifact_dir(path: str | Path) -> Path:

@@ -28,6 +28,7 @@ import torch
 from mldcn.data.encode import Encoded
 from mldcn.data.readers import CHUNK_BYTES, OnBadRows, ReadStats, read_chunks
 from mldcn.features import FeatureSpec
+from mldcn.files import atomic_path
 from mldcn.models.ranking import RankingModel
 from mldcn.serve.artifact import Artifact, ArtifactError
 from mldcn.serve.export import WEIGHTS_KEY, input_names, onnx_model_proto, onnx_session
@@ -142,29 +143,50 @@ def score(backend: Backend, encoded: Encoded, batch_size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------- output
 
 
-class _Writer:
-    """Appends tables to a CSV or Parquet file (by suffix: ``.parquet``/``.pq`` is Parquet)."""
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
 
-    def __init__(self, path: Path) -> None:
+
+class _Writer:
+    """Appends tables to a CSV or Parquet file that appears at ``path`` only when complete.
+
+    A context manager: the rows go to a temporary file (:func:`mldcn.files.atomic_path`),
+    renamed onto ``path`` when the block ends without an error; on an error (a bad
+    row, an interrupt) the temporary file is removed and nothing appears at ``path``.
+    A run that writes no rows (every row skipped) still writes the header.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
-        self.parquet = path.suffix.lower() in (".parquet", ".pq")
+        self.parquet = _is_parquet(path)
+        self.schema = schema  # of an output without rows
         self.writer = None
         self.rows = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> "_Writer":
+        self._atomic = atomic_path(self.path)
+        self.tmp = self._atomic.__enter__()
+        return self
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
             if self.parquet:
-                self.writer = pq.ParquetWriter(str(self.path), table.schema)
+                self.writer = pq.ParquetWriter(str(self.tmp), table.schema)
             else:
-                self.writer = pcsv.CSVWriter(str(self.path), table.schema)
+                self.writer = pcsv.CSVWriter(str(self.tmp), table.schema)
         self.writer.write_table(table)
         self.rows += table.num_rows
 
-    def close(self, schema: pa.Schema) -> None:
-        if self.writer is None:  # no rows: still write the header / an empty file
-            self.write(schema.empty_table())
-        self.writer.close()
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            if error is None and self.writer is None:
+                self.write(self.schema.empty_table())
+            if self.writer is not None:
+                self.writer.close()
+        except BaseException as failure:
+            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        return bool(self._atomic.__exit__(kind, error, traceback))
 
 
 @dataclass
@@ -236,10 +258,11 @@ def predict_file(
     codec, schema = _input_schema(artifact, input, input_format)
     stats = ReadStats(str(input))
     report = PredictReport(str(input), str(output), backend=backend.name)
-    writer = _Writer(output)
+    fields = [pa.field(n, pa.string()) for n in keep_columns]
+    fields += [pa.field("line", pa.int64())] if line_numbers else []
+    empty = pa.schema([*fields, pa.field(PROBABILITY, pa.float32())])
     start = time.perf_counter()
-    out_schema = None
-    try:
+    with _Writer(output, empty) as writer:
         for chunk in read_chunks(
             input, schema, on_bad_rows, stats, chunk_bytes, extra_columns=keep_columns, require_label=False
         ):
@@ -248,15 +271,7 @@ def predict_file(
             if line_numbers:
                 columns["line"] = pa.array(chunk.lines)
             columns[PROBABILITY] = pa.array(probabilities, pa.float32())
-            table = pa.table(columns)
-            out_schema = table.schema
-            writer.write(table)
-    finally:
-        if out_schema is None:
-            fields = [pa.field(n, pa.string()) for n in keep_columns]
-            fields += [pa.field("line", pa.int64())] if line_numbers else []
-            out_schema = pa.schema([*fields, pa.field(PROBABILITY, pa.float32())])
-        writer.close(out_schema)
+            writer.write(pa.table(columns))
     report.seconds = time.perf_counter() - start
     report.rows_read, report.rows_skipped = stats.rows_read, stats.rows_skipped
     report.rows_written = writer.rows
@@ -291,10 +306,9 @@ def predict_prepared(
     data = load_split(directory, split, mmap=True)
     backend = backend or TorchBackend(artifact.model)
     report = PredictReport(f"{directory}:{split}", str(output), backend=backend.name)
-    writer = _Writer(output)
     out_schema = pa.schema([pa.field("label", pa.float32()), pa.field(PROBABILITY, pa.float32())])
     start = time.perf_counter()
-    try:
+    with _Writer(output, out_schema) as writer:
         rows_per_chunk = max(batch_size, 1 << 16)
         for begin in range(0, len(data), rows_per_chunk):
             part = data.rows(begin, begin + rows_per_chunk)
@@ -305,8 +319,6 @@ def predict_prepared(
             )
             probabilities = score(backend, encoded, batch_size)
             writer.write(pa.table({"label": part.label.numpy(), PROBABILITY: probabilities}, schema=out_schema))
-    finally:
-        writer.close(out_schema)
     report.seconds = time.perf_counter() - start
     report.rows_read = len(data)
     report.rows_written = writer.rows
@@ -318,7 +330,7 @@ def predict_prepared(
 def read_probabilities(path: str | Path) -> np.ndarray:
     """The ``probability`` column of a prediction file (CSV or Parquet) as float32."""
     path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if _is_parquet(path):
         table = pq.read_table(path, columns=[PROBABILITY])
     else:
         table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=[PROBABILITY]))

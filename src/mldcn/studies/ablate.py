@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
+from mldcn.extras import require
+from mldcn.files import write_text_atomic
 from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig
 from mldcn.models.registry import get_preset
@@ -88,6 +90,7 @@ def ablate_config_from_dict(data: dict) -> AblateConfig:
 
 
 def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str], None] = print) -> dict:
+    require("scipy.stats", "the significance tests of mldcn ablate")  # before the runs, not after
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(to_dict(config), out_dir / "ablate.yaml")
@@ -139,12 +142,13 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
         ("p_value", "paired t p"),
     ]
     table = format_table(rows, columns, markdown=True)
-    (out_dir / "ablation.md").write_text(
-        f"# ML-DCN ablation at {config.budget:,.0f} interaction FLOPs ({config.data.source})\n\n"
+    write_text_atomic(
+        out_dir / "ablation.md",
+        f"# ML-DCN ablation at {config.budget:,.0f} interaction FLOPs ({dataset.name})\n\n"
         f"Seeds {list(config.seeds)}; every variant resized to the budget.\n\n{table}\n"
     )
     summary = {"rows": rows, "baseline": config.baseline, "budget": config.budget}
-    (out_dir / "ablation.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out_dir / "ablation.json", json.dumps(summary, indent=2))
     echo(table)
     return summary
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mldcn.files import atomic_path
+
 
 def plot_auc_vs_flops(rows: Sequence[dict], path: str | Path, title: str = "") -> Path | None:
     """Test AUC (mean ± std over seeds) against interaction FLOPs per example, one line per family.
@@ -40,6 +42,7 @@ def plot_auc_vs_flops(rows: Sequence[dict], path: str | Path, title: str = "") -
         ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
+from mldcn.extras import available, require
+from mldcn.files import atomic_path, write_text_atomic
 from mldcn.data.dataset import Dataset
 from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig, ModelConfig
@@ -110,6 +112,9 @@ def sized_models(config: ScaleConfig, dataset: Dataset) -> dict[tuple[str, float
 
 
 def run_scale(config: ScaleConfig, out_dir: str | Path, echo: Callable[[str], None] = print) -> dict:
+    require("scipy.stats", "the significance tests of mldcn scale")  # before hours of training, not after
+    if not available("matplotlib"):
+        echo("matplotlib is not installed: the AUC-vs-FLOPs plot will be skipped (pip install 'mldcn[plot]')")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(to_dict(config), out_dir / "scale.yaml")
@@ -142,7 +147,7 @@ def run_scale(config: ScaleConfig, out_dir: str | Path, echo: Callable[[str], No
         torch.manual_seed(0)
         model = create_model(model_config, dataset.features)
         latency[f, b] = {n: forward_latency_us(model, dataset, n) for n in config.latency_batches}
-    summary = summarize(config, models, chosen, results, latency, out_dir)
+    summary = summarize(config, models, chosen, results, latency, out_dir, dataset.name)
     _write_csv(results, out_dir / "results.csv")
     return summary
 
@@ -151,7 +156,7 @@ def _with(train: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(train, **changes)
 
 
-def summarize(config, models, chosen, results, latency, out_dir: Path) -> dict:
+def summarize(config, models, chosen, results, latency, out_dir: Path, name: str | None = None) -> dict:
     rows, significance = [], []
     for (family, budget), model_config in models.items():
         runs = [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
@@ -201,9 +206,10 @@ def summarize(config, models, chosen, results, latency, out_dir: Path) -> dict:
             entry["verdict"] = _verdict(config.reference, rival, entry)
             significance.append(entry)
     summary = {"rows": rows, "significance": significance, "reference": config.reference}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot = plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{Path(config.data.path).name if config.data.path else config.data.source} — matched interaction FLOPs")
-    (out_dir / "summary.md").write_text(render_summary(config, rows, significance, plot))
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
+    name = name or config.data.source
+    plot = plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{name} — matched interaction FLOPs")
+    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plot, name))
     return summary
 
 
@@ -227,7 +233,7 @@ def _verdict(reference: str, rival: str, entry: dict) -> str:
     return f"{winner} higher" + (f", significant ({' and '.join(tests)})" if tests else ", not significant")
 
 
-def render_summary(config: ScaleConfig, rows, significance, plot) -> str:
+def render_summary(config: ScaleConfig, rows, significance, plot, name: str | None = None) -> str:
     columns = [
         ("family", "family"),
         ("budget", "budget"),
@@ -250,7 +256,7 @@ def render_summary(config: ScaleConfig, rows, significance, plot) -> str:
         sig_columns += [("delong_difference", "AUC diff (first seed)"), ("delong_z", "DeLong z"), ("delong_p", "DeLong p")]
     sig_columns.append(("verdict", "verdict"))
     lines = [
-        f"# matched-FLOPs sweep: {config.data.source}",
+        f"# matched-FLOPs sweep: {name or config.data.source}",
         "",
         f"Families {list(config.families)}, budgets {list(config.budgets)}, seeds {list(config.seeds)}; "
         f"tuning grid lr {list(config.grid.lr)} × embedding L2 {list(config.grid.embedding_l2)} on seed "
@@ -265,6 +271,8 @@ def render_summary(config: ScaleConfig, rows, significance, plot) -> str:
     ]
     if plot is not None:
         lines += [f"![test AUC vs interaction FLOPs]({Path(plot).name})", ""]
+    else:
+        lines += ["No plot: matplotlib is not installed (`pip install 'mldcn[plot]'`).", ""]
     return "\n".join(lines)
 
 
@@ -273,7 +281,7 @@ def _write_csv(results: dict, path: Path) -> None:
     if not records:
         return
     keys = list(dict.fromkeys(k for r in records for k in r))
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(records)

@@ -13,9 +13,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
+from mldcn.extras import require
 from mldcn.train.metrics import average_ranks
+
+
+def _scipy_stats():
+    """scipy.stats (the ``stats`` extra), imported when a test is computed."""
+    return require("scipy.stats", "the significance tests of mldcn scale and ablate")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ def paired_t(a, b, confidence: float = 0.95) -> PairedResult:
         return PairedResult(n, mean, mean, mean, p)
     se = sd / math.sqrt(n)
     t = mean / se
+    stats = _scipy_stats()
     p = float(2 * stats.t.sf(abs(t), df=n - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * se
     return PairedResult(n, mean, mean - half, mean + half, p)
@@ -96,5 +102,5 @@ def delong(labels, scores_a, scores_b) -> DeLongResult:
         z = 0.0 if difference == 0 else math.copysign(math.inf, difference)
     else:
         z = difference / math.sqrt(variance)
-    p = float(2 * stats.norm.sf(abs(z)))
+    p = float(2 * _scipy_stats().norm.sf(abs(z)))
     return DeLongResult(float(aucs[0]), float(aucs[1]), float(z), p)

@@ -43,14 +43,34 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init(device: torch.device) -> DistContext:
-    """Join the process group ``torchrun`` set up (env:// rendezvous), if any."""
-    if launched_by_torchrun() and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+def init(device: torch.device, group_of_one: bool = False) -> DistContext:
+    """Join the process group ``torchrun`` set up (env:// rendezvous), if any.
+
+    With ``group_of_one`` a process not started by ``torchrun`` forms a group of
+    its own (rank 0 of 1, an in-memory store): what TorchRec's sharding needs to
+    run in a single process.
+    """
+    if dist.is_initialized():
+        return context()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if launched_by_torchrun():
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
+    elif group_of_one:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return context()
+
+
+def agree(ok: bool, ctx: DistContext) -> bool:
+    """True on every rank if ``ok`` is true on every rank (one all-reduce; no-op in one process)."""
+    if not ctx.distributed:
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return int(flag.item()) == 0
 
 
 def device_for_rank(device: torch.device) -> torch.device:

@@ -14,7 +14,9 @@ import copy
 import dataclasses
 import json
 import math
+import pickle
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mldcn.config import Config, ConfigError
 from mldcn.data.dataset import TabularSplit
+from mldcn.files import atomic_path
 from mldcn.models.ranking import RankingModel
 from mldcn.train.distributed import DistContext, all_reduce_sum, gather_strided
 from mldcn.train.distributed import context as distributed_context
@@ -291,21 +294,11 @@ def fit(
         "best_state": copy.deepcopy(model.state_dict()),
         "result": FitResult(),
     }
+    # sharded tables live in TorchRec's sharded tensors on several ranks: no single-file checkpoint
+    checkpoints = run_dir is not None and config.embedding_sharding == "none"
     checkpoint = run_dir / "last.pt" if run_dir is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
-        shuffle.set_state(saved["shuffle"])
-        torch.set_rng_state(saved["rng"][ctx.rank] if ctx.rank < len(saved["rng"]) else saved["rng"][0])
-        state.update(
-            epoch=saved["epoch"],
-            best_score=saved["best_score"],
-            bad_epochs=saved["bad_epochs"],
-            best_state=saved["best_state"],
-            result=FitResult(**json.loads(saved["result"])),
-        )
+        _restore(checkpoint, device, model, optimizers, shuffle, state, ctx)
         if state["result"].stopped_early or state["result"].stopped_by_time:
             model.load_state_dict(state["best_state"])
             return state["result"]
@@ -313,6 +306,8 @@ def fit(
         (run_dir / "metrics.jsonl").write_text("")
     result: FitResult = state["result"]
     fit_start = time.perf_counter() - result.train_seconds
+    # a redrawn bar only on a terminal; redirected output gets the one line per epoch below
+    show_bar = config.progress and ctx.is_main and sys.stderr.isatty()
     n = len(train)
 
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -322,13 +317,7 @@ def fit(
         batches = train.batches(
             local_batch, shuffle=True, generator=shuffle, rank=ctx.rank, world_size=ctx.world_size
         )
-        bar = tqdm(
-            batches,
-            total=math.ceil(n / config.batch_size),
-            desc=f"epoch {epoch}",
-            disable=not (config.progress and ctx.is_main),
-            leave=False,
-        )
+        bar = tqdm(batches, total=math.ceil(n / config.batch_size), desc=f"epoch {epoch}", disable=not show_bar, leave=False)
         for step, batch in enumerate(bar):
             rows = min(config.batch_size, n - step * config.batch_size)  # rows of this global batch
             batch = batch.to(device)
@@ -347,7 +336,7 @@ def fit(
                 optimizer.step()
             totals[0] += bce.detach()
             totals[1] += len(batch)
-            if config.progress and ctx.is_main and step % 20 == 19:
+            if show_bar and step % 20 == 19:
                 bar.set_postfix(loss=f"{totals[0].item() / totals[1].item():.4f}")
         train_seconds = time.perf_counter() - start
         totals = all_reduce_sum(totals, ctx)
@@ -383,8 +372,9 @@ def fit(
             state["best_score"], state["bad_epochs"] = score, 0
             result.best_epoch, result.best_valid = epoch, valid_metrics
             state["best_state"] = copy.deepcopy(model.state_dict())
-            if writes:
-                torch.save(state["best_state"], run_dir / "best.pt")
+            if writes and checkpoints:
+                with atomic_path(run_dir / "best.pt") as tmp:
+                    torch.save(state["best_state"], tmp)
         else:
             state["bad_epochs"] += 1
             for optimizer in optimizers:
@@ -394,7 +384,7 @@ def fit(
                 result.stopped_early = True
         if config.max_minutes is not None and time.perf_counter() - fit_start > 60 * config.max_minutes:
             result.stopped_by_time = not result.stopped_early
-        if run_dir is not None:
+        if checkpoints:
             _save_checkpoint(run_dir, epoch, model, optimizers, shuffle, state, ctx)
         if result.stopped_early or result.stopped_by_time:
             break
@@ -425,6 +415,37 @@ def _save_checkpoint(run_dir: Path, epoch: int, model, optimizers, shuffle, stat
         "best_state": state["best_state"],
         "result": result,
     }
-    tmp = run_dir / "last.pt.tmp"
-    torch.save(checkpoint, tmp)
-    tmp.replace(run_dir / "last.pt")
+    with atomic_path(run_dir / "last.pt") as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def _restore(checkpoint: Path, device, model, optimizers, shuffle, state: dict, ctx: DistContext) -> None:
+    """Load ``last.pt`` into the model, optimisers, generators and ``state``; a clear error if it cannot be."""
+    advice = "start the run afresh without --resume, or with another --out"
+    try:
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        keys = ("model", "optimizers", "shuffle", "rng", "epoch", "best_score", "bad_epochs", "best_state", "result")
+        missing = [k for k in keys if not isinstance(saved, dict) or k not in saved]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{checkpoint}: not a weights-only mldcn training checkpoint ({reason}); {advice}") from None
+    if missing:
+        raise ConfigError(f"{checkpoint}: not an mldcn training checkpoint (no {missing}); {advice}")
+    try:
+        model.load_state_dict(saved["model"])
+        if len(saved["optimizers"]) != len(optimizers):
+            raise ValueError(f"{len(saved['optimizers'])} optimiser states for {len(optimizers)} optimisers")
+        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+    except (RuntimeError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ConfigError(f"{checkpoint}: does not fit this model and optimiser ({first}); {advice}") from None
+    shuffle.set_state(saved["shuffle"])
+    torch.set_rng_state(saved["rng"][ctx.rank] if ctx.rank < len(saved["rng"]) else saved["rng"][0])
+    state.update(
+        epoch=saved["epoch"],
+        best_score=saved["best_score"],
+        bad_epochs=saved["bad_epochs"],
+        best_state=saved["best_state"],
+        result=FitResult(**json.loads(saved["result"])),
+    )

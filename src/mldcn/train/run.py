@@ -8,6 +8,7 @@ best weights), ``result.json`` (test metrics, cost, throughput) and ``model/``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from typing import Literal
 from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
 from mldcn.data.dataset import Dataset
 from mldcn.data.synthetic import SyntheticConfig, make_synthetic
+from mldcn.files import write_text_atomic
 from mldcn.models.config import ModelConfig, model_config_from_dict
 from mldcn.models.flops import model_cost
 from mldcn.models.ranking import RankingModel
 from mldcn.models.registry import create_model
-from mldcn.train import distributed
+from mldcn.train import distributed, rundir
 from mldcn.train.loop import (
     FitResult,
     TrainConfig,
@@ -126,28 +128,52 @@ def run(
 
     Under ``torchrun`` the process group is joined here and every rank trains
     its shard (:func:`mldcn.train.loop.fit`); rank 0 writes the files. With
-    ``resume`` training continues from ``run_dir/last.pt``. ``save_model``
-    writes the served artifact to ``run_dir/model``.
+    ``resume`` training continues from ``run_dir/last.pt``, after checking that
+    the directory was made from the same config and data (:mod:`mldcn.train.rundir`).
+    ``save_model`` writes the served artifact to ``run_dir/model``. The run
+    directory is locked while the run writes it.
     """
-    ctx = distributed.init(resolve_device(config.train.device))
+    sharded = config.train.embedding_sharding != "none"
+    if sharded and resume:
+        raise ConfigError("--resume is not supported with sharded embedding tables yet: start the run afresh")
+    ctx = distributed.init(resolve_device(config.train.device), group_of_one=sharded)
     dataset = dataset if dataset is not None else load_data(config.data)
     run_dir = Path(run_dir) if run_dir is not None else None
     writes = run_dir is not None and ctx.is_main
-    if writes:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(config.to_dict(), run_dir / "config.yaml")
+    with contextlib.ExitStack() as stack:
+        error = None
+        if writes:
+            try:
+                stack.enter_context(rundir.locked(run_dir))
+                if resume:
+                    rundir.check_resume(run_dir, config.to_dict(), dataset)
+            except rundir.RunDirError as refused:
+                error = refused
+        if not distributed.agree(error is None, ctx):
+            raise error or rundir.RunDirError(f"rank 0 could not use the run directory {run_dir}; see its error")
+        if writes:
+            save_yaml(config.to_dict(), run_dir / "config.yaml")
+            rundir.write_record(run_dir, config.to_dict(), dataset)
+        return _train_and_test(config, dataset, run_dir, writes, resume, save_model, ctx)
+
+
+def _train_and_test(config: RunConfig, dataset: Dataset, run_dir, writes: bool, resume: bool, save_model: bool, ctx) -> RunResult:
     seed_everything(config.train.seed)
     model = create_model(config.model, dataset.features)
     cost = model_cost(model)
     start = time.perf_counter()
     result = fit(model, dataset.train, dataset.valid, config.train, run_dir, resume=resume)
     seconds = time.perf_counter() - start
+    if config.train.embedding_sharding != "none":
+        from mldcn.train.sharding import gather_embedding  # noqa: PLC0415  (optional extra)
+
+        model.embedding = gather_embedding(model.embedding)  # every rank: plain tables again
     test = evaluate(model, dataset.test, config.train.eval_batch_size, config.train.precision)
     precision = resolve_precision(config.train.precision, next(model.parameters()).device)
     outcome = RunResult(config, model, result, test, cost.to_dict(), seconds, run_dir, precision)
     if writes:
         summary = {**outcome.summary(), "data": dataset.info, "processes": ctx.world_size}
-        (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(run_dir / "result.json", json.dumps(summary, indent=2))
         if save_model:
             _save_model_artifact(config, model, run_dir / "model", {"test": test, "data": dataset.info})
     return outcome

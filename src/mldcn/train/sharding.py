@@ -15,6 +15,7 @@ optimiser. Works on CPU with gloo using ``fbgemm-gpu-cpu``.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -22,6 +23,7 @@ from torch import nn
 
 from mldcn.config import ConfigError
 from mldcn.features import FeatureSpec
+from mldcn.layers.embedding import FeatureEmbedding
 from mldcn.models.ranking import RankingModel
 
 try:  # optional dependency
@@ -39,6 +41,7 @@ try:  # optional dependency
         Topology,
     )
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     HAVE_TORCHREC = True
 except ImportError:  # pragma: no cover - depends on the environment
@@ -67,7 +70,7 @@ class ShardedFeatureEmbedding(nn.Module):
     def __init__(self, features: FeatureSpec, dim: int, init_std: float = 1e-4) -> None:
         super().__init__()
         require_torchrec()
-        self.features, self.dim = features, dim
+        self.features, self.dim, self.init_std = features, dim, init_std
         self.num_fields = features.num_fields
         init = partial(nn.init.normal_, std=init_std)
 
@@ -160,6 +163,45 @@ def shard_model(
     sharders = [EmbeddingBagCollectionSharder()]
     plan = planner.collective_plan(model, sharders, torch.distributed.GroupMember.WORLD)
     return DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+
+
+def gather_embedding(sharded: ShardedFeatureEmbedding) -> FeatureEmbedding:
+    """The sharded tables gathered into a plain :class:`FeatureEmbedding`, on every rank.
+
+    Call on every rank (each table's shards are gathered to rank 0, then
+    broadcast). The result computes the same lookups as ``sharded`` and is what
+    the test evaluation, FLOPs accounting and the served artifact use.
+    """
+    features = sharded.features
+    plain = FeatureEmbedding(features, sharded.dim, sharded.init_std)
+    state = sharded.tables_collection.state_dict()
+    world = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+    nccl = torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
+    def full_table(name: str, rows: int) -> torch.Tensor:
+        tensor = state[f"embedding_bags.table_{name}.weight"]
+        if not isinstance(tensor, ShardedTensor):
+            return tensor.detach().float().cpu()
+        out = torch.empty(rows, sharded.dim, dtype=tensor.dtype, device=device) if rank == 0 or world else None
+        tensor.gather(dst=0, out=out if rank == 0 else None)  # a collective: every rank calls it
+        if world:
+            torch.distributed.broadcast(out, src=0)
+        return out.detach().float().cpu()
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchRec's ShardedTensor is deprecated in favour of DTensor
+        for table, fields, offsets in (
+            (plain.categorical_table, features.categorical, plain.categorical_offsets),
+            (plain.sequence_table, features.sequence, plain.sequence_offsets),
+        ):
+            for field, offset in zip(fields, offsets.tolist()):
+                table[offset : offset + field.vocab_size] = full_table(field.name, field.vocab_size)
+        if plain.numeric_weight is not None:
+            plain.numeric_weight.copy_(sharded.numeric_weight.detach().float().cpu())
+    return plain
 
 
 def dense_parameters(wrapped: nn.Module) -> list[nn.Parameter]:
