@@ -11,6 +11,7 @@ import json
 import math
 import os
 import queue
+import random
 import re
 import socket
 import subprocess
@@ -33,14 +34,19 @@ from toy_log import (  # the shared toy log
 )
 
 from mldcn.cli import main
+from mldcn.config import ConfigError
+from mldcn.data.encode import Encoder
+from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn
 from mldcn.data.synthetic import SyntheticConfig
 from mldcn.serve.artifact import load_artifact
+from mldcn.serve.inputs import RawInputs, RecordError
 from mldcn.serve.predict import read_probabilities
-from mldcn.serve.server import bind
+from mldcn.serve.server import ServeConfig, bind
 from mldcn.train.run import DataConfig, RunConfig, run
 
 MAX_BODY = 64 * 1024
 MAX_RECORDS = 500
+MAX_DEPTH = 16
 START_TIMEOUT = 90.0
 
 
@@ -67,7 +73,7 @@ class Server:
         command = [
             sys.executable, "-m", "mldcn", "serve", str(run_dir),
             "--backend", backend, "--port", "0", "--threads", "1", "--concurrency", "2",
-            "--max-body-bytes", str(MAX_BODY), "--max-records", str(MAX_RECORDS),
+            "--max-body-bytes", str(MAX_BODY), "--max-records", str(MAX_RECORDS), "--max-depth", str(MAX_DEPTH),
         ]  # fmt: skip
         self.log = open(log_path, "w")
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -250,12 +256,120 @@ def test_bad_request_gets_a_4xx_naming_the_problem(case, client, toy):
     assert_still_serving(client, toy)
 
 
-def test_nan_is_refused(client, toy):
-    body = json.dumps({"records": [record(toy, price=math.nan)]})  # Python writes the NaN literal
-    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 422
-    assert response.json()["detail"] == "record 0, field 'price': nan is not a finite number"
+def post_text(client, body: str | bytes, content_type: str | None = "application/json") -> httpx.Response:
+    """POST a body as it is (``json=`` cannot send NaN literals or lone surrogates)."""
+    headers = {"content-type": content_type} if content_type else {}
+    return client.post("/predict", content=body.encode() if isinstance(body, str) else body, headers=headers)
+
+
+def with_literal(records: list[dict], index: int, field: str, literal: str) -> str:
+    """A /predict body whose ``records[index][field]`` is the JSON text ``literal`` (e.g. ``1e400``)."""
+    records = [dict(r) for r in records]
+    records[index][field] = "@literal@"
+    return json.dumps({"records": records}).replace('"@literal@"', literal)
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    """``inner`` inside ``depth`` JSON lists."""
+    return "[" * depth + inner + "]" * depth
+
+
+def test_nan_is_a_missing_value(client, toy):
+    # the rule of the whole project: NaN = missing (as null, an empty field); json.dumps writes the NaN literal.
+    # Same positions in same-sized requests: the answers are equal to the bit
+    fields = ["price", "user", "genres"]
+    with_nan = post_text(client, json.dumps({"records": [record(toy, **{f: math.nan}) for f in fields]}))
+    assert with_nan.status_code == 200, with_nan.text
+    with_null = predict(client, [record(toy, **{f: None}) for f in fields])
+    assert with_nan.json()["probabilities"] == with_null.tolist()
+    assert not np.allclose(with_null, predict(client, [record(toy)] * 3))  # the values were filled, not kept
     assert_still_serving(client, toy)
+
+
+@pytest.mark.parametrize("field", ["price", "user", "genres"])
+@pytest.mark.parametrize("literal, shown", [("Infinity", "Infinity"), ("-Infinity", "-Infinity"), ("1e400", "Infinity"), ("-1e400", "-Infinity")])
+def test_infinity_is_refused(field, literal, shown, client, toy):
+    response = post_text(client, with_literal([record(toy), record(toy)], 1, field, literal))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"record 1, field {field!r}: {shown} is not a finite number"
+    assert_still_serving(client, toy)
+
+
+RAW_BAD_BODIES = {
+    # name: (body maker, status, detail pattern)
+    "lone surrogate in a value": (
+        lambda toy: json.dumps({"records": [record(toy), record(toy, user="ab\ud800")]}),
+        422, r"^record 1, field 'user': the string holds a lone surrogate \\ud800, which is not valid Unicode$",
+    ),
+    "lone surrogate in a multi-valued list": (
+        lambda toy: json.dumps({"records": [record(toy, genres=["a", "\udfff"])]}),
+        422, r"^record 0, field 'genres': the string holds a lone surrogate \\udfff",
+    ),
+    "lone surrogate in a key": (
+        lambda toy: json.dumps({"records": [{**record(toy), "x\ud800": 1}]}),
+        422, r"^record 0: the key 'x\\ud800' holds a lone surrogate \\ud800, which is not valid Unicode$",
+    ),
+    "lone surrogate outside the records": (
+        lambda toy: json.dumps({"records": [record(toy)], "note": "\ud800"}),
+        422, r"^the string holds a lone surrogate \\ud800",
+    ),
+    "surrogate written as UTF-8 bytes (CESU-8)": (
+        lambda toy: json.dumps({"records": [record(toy, user="@")]}).encode().replace(b"@", b"\xed\xa0\x80"),
+        422, r"^record 0, field 'user': the string holds a lone surrogate \\ud800",
+    ),
+    "records nested 5,000 deep": (
+        lambda toy: '{"records": ' + nested(5000) + "}", 400, rf"^JSON nested deeper than {MAX_DEPTH} levels$",
+    ),
+    "a value nested 5,000 deep": (
+        lambda toy: with_literal([record(toy)], 0, "user", nested(5000)), 400, rf"^JSON nested deeper than {MAX_DEPTH} levels$",
+    ),
+    "objects nested 5,000 deep": (
+        lambda toy: with_literal([record(toy)], 0, "user", '{"a": ' * 5000 + "1" + "}" * 5000),
+        400, rf"^JSON nested deeper than {MAX_DEPTH} levels$",
+    ),
+    "a value one level too deep": (  # {"records": [{"user": ...}]} holds the value at depth 4
+        lambda toy: with_literal([record(toy), record(toy)], 1, "user", nested(MAX_DEPTH - 2)),
+        400, rf"^record 1, field 'user': JSON nested deeper than {MAX_DEPTH} levels$",
+    ),
+    "a value at the depth limit": (
+        lambda toy: with_literal([record(toy)], 0, "user", nested(MAX_DEPTH - 3)),
+        422, r"^record 0, field 'user': expected a string or a number, got a list$",
+    ),
+    "a record nested too deep": (
+        lambda toy: '{"records": [' + json.dumps(record(toy)) + ", " + nested(MAX_DEPTH) + "]}",
+        400, rf"^record 1: JSON nested deeper than {MAX_DEPTH} levels$",
+    ),
+    "NaN inside a multi-valued list": (
+        lambda toy: json.dumps({"records": [record(toy, genres=["a", math.nan])]}),
+        422, r"^record 0, field 'genres': a list of values may not hold null or NaN$",
+    ),
+    "a number text past the float range": (
+        lambda toy: json.dumps({"records": [record(toy, price="1e400")]}), 422, r"^record 0, field 'price': '1e400' is not a finite number$",
+    ),
+    "an integer of 5,000 digits": (
+        lambda toy: with_literal([record(toy)], 0, "price", "7" * 5000), 400, r"^malformed JSON: .*5000 digits",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(RAW_BAD_BODIES))
+def test_bad_body_gets_a_4xx_naming_the_problem(case, client, toy):
+    make, status, pattern = RAW_BAD_BODIES[case]
+    response = post_text(client, make(toy))
+    assert response.status_code == status, response.text
+    assert re.search(pattern, response.json()["detail"]), response.json()["detail"]
+    assert_still_serving(client, toy)
+
+
+def test_valid_unicode_is_served(client, toy):
+    # a surrogate pair escape is one character (U+1F600); other non-ASCII text is fine too
+    body = json.dumps({"records": [record(toy, user="\U0001f600"), record(toy, user="é\u2028")]})
+    assert "\\ud83d\\ude00" in body
+    response = post_text(client, body)
+    assert response.status_code == 200, response.text
+    unknown = predict(client, [record(toy, user="never-seen")])[0]
+    # both are unknown users, the OOV id (equal up to float32 rounding: rows of one batch may differ in the last bit)
+    np.testing.assert_allclose(response.json()["probabilities"], [unknown, unknown], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -314,6 +428,137 @@ def test_small_responses_are_not_held_back_by_nagle(client):
         assert sock.proto == socket.IPPROTO_TCP
 
 
+def test_a_raw_number_that_overflows_float32_is_refused():
+    # transform none keeps 1e39 as it is, past float32: refused before the model sees an infinity
+    schema = DataSchema(categorical=(CategoricalColumn("user"),), numeric=(NumericColumn("price", transform="none"),))
+    codec = RawInputs(Encoder(schema, {"user": pa.array(["u1"])}, {"price": {"mean": 0.0, "std": 1.0}}))
+    encoded = codec.encode_records([{"user": "u1", "price": 3e38}, {"user": "u2", "price": math.nan}])
+    np.testing.assert_array_equal(encoded.numeric, np.array([[3e38], [0.0]], dtype=np.float32))  # NaN: the fill, 0
+    with pytest.raises(RecordError, match=r"^record 1, field 'price': '1e\+39' overflows the model's float32 input 'price'$"):
+        codec.encode_records([{"user": "u1", "price": 1.0}, {"user": "u1", "price": 1e39}])
+
+
+def test_max_depth_is_a_positive_limit_json_can_parse():
+    assert ServeConfig().max_depth == 32
+    with pytest.raises(ConfigError, match="max_depth must be > 0"):
+        ServeConfig(max_depth=0)
+    with pytest.raises(ConfigError, match="max_depth must be <= 512, got 513"):
+        ServeConfig(max_depth=513)
+
+
+# ---------------------------------------------------------------------------- hostile bodies
+
+ODD_STRINGS = [
+    "", " ", "u1", "a|b|", "|", "\x00", "é", "\u2028", "\U0001f600", "\ud800", "\udfff", "x\udc80y",
+    "1e400", "NaN", "Infinity", "-0", "0x1F", "1_000", " 5 ", "\\", '"', "x" * 3000,
+]  # fmt: skip
+ODD_NUMBERS = [0, -1, 1.5, 1e-320, 1e20, 1e308, 3.5e38, 2**63, -(2**63) - 1, 10**400, math.nan, math.inf, -math.inf, True, False]
+NUMBER_LITERALS = [
+    "NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e-400", "-0.0", "1E+2", "1e20", "-3e38", "7" * 5000, "1" + "0" * 400,
+]  # fmt: skip
+CONTENT_TYPES = [
+    "application/json", "application/json; charset=latin-1", "text/plain", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", None,
+]  # fmt: skip
+
+
+def odd_value(rng, depth: int):
+    """A random JSON value: odd strings and numbers, and lists and objects ``depth`` deep at most."""
+    draw = rng.random()
+    if depth > 0 and draw < 0.15:
+        return [odd_value(rng, depth - 1) for _ in range(rng.randrange(4))]
+    if depth > 0 and draw < 0.25:
+        return {rng.choice(ODD_STRINGS): odd_value(rng, depth - 1) for _ in range(rng.randrange(4))}
+    if draw < 0.55:
+        return rng.choice(ODD_STRINGS)
+    if draw < 0.9:
+        return rng.choice(ODD_NUMBERS)
+    return None
+
+
+def hostile_body(rng, records: list[dict]) -> bytes:
+    """One random body: valid records with odd values, odd shapes, deep nesting, odd bytes and encodings."""
+    good = json.dumps({"records": [dict(r) for r in rng.sample(records, rng.randint(1, 4))]})
+    draw = rng.randrange(9)
+    if draw == 0:  # valid records with some values replaced, dropped or added
+        changed = [dict(r) for r in rng.sample(records, rng.randint(1, 4))]
+        for r in changed:
+            for name in rng.sample(list(r), rng.randint(1, len(r))):
+                choice = rng.random()
+                if choice < 0.7:
+                    r[name] = odd_value(rng, 3)
+                elif choice < 0.85:
+                    del r[name]
+                else:
+                    r[rng.choice(ODD_STRINGS)] = odd_value(rng, 2)
+        return json.dumps({"records": changed}).encode()
+    if draw == 1:  # an odd value anywhere: the whole body, the records, one record
+        where = rng.randrange(3)
+        value = odd_value(rng, 5)
+        body = value if where == 0 else {"records": value} if where == 1 else {"records": [value, *records[:1]]}
+        return json.dumps(body).encode()
+    if draw == 2:  # deep nesting, at the top, as the records, in a record's value
+        depth = rng.choice([MAX_DEPTH - 3, MAX_DEPTH - 2, MAX_DEPTH, 100, 990, 1000, 5000, 20_000])
+        opening, closing = rng.choice([("[", "]"), ('{"a": ', "}")])
+        value = opening * depth + rng.choice(["1", "NaN", '"\\ud800"', "[]"]) + closing * depth
+        where = rng.randrange(3)
+        if where == 0:
+            return value.encode()
+        if where == 1:
+            return ('{"records": ' + value + "}").encode()
+        return with_literal(records[:2], rng.randrange(2), rng.choice(list(records[0])), value).encode()
+    if draw == 3:  # number literals Python's json reads (NaN, Infinity) or overflows (1e400, 5,000 digits)
+        record = rng.choice(records)
+        return with_literal([record], 0, rng.choice(list(record)), rng.choice(NUMBER_LITERALS)).encode()
+    if draw == 4:  # cut short
+        return good[: rng.randrange(len(good))].encode()
+    if draw == 5:  # bytes that are not UTF-8 inside a string, or nothing but random bytes
+        if rng.random() < 0.5:
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        bad = rng.choice([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\x80"])
+        return good.encode().replace(b"u", bad, 1)
+    if draw == 6:  # other encodings of a good body, a BOM
+        return rng.choice([good.encode("utf-16"), good.encode("utf-32"), b"\xef\xbb\xbf" + good.encode(), good.encode("utf-16-le")])
+    if draw == 7:  # nearly empty bodies
+        return rng.choice([b"", b" ", b"null", b"[]", b"{}", b'{"records": null}', b'{"records": [{}]}', b"\x00", b"NaN"])
+    return good.encode() * rng.choice([1, 2, 300])  # a good body, repeated (past the byte limit when 300 times)
+
+
+def assert_no_500(client, rng, records: list[dict], count: int) -> dict[int, int]:
+    """POST ``count`` hostile bodies; every answer is < 500, a 200 holds probabilities in [0, 1] and a 4xx a
+    string ``detail``. The status counts."""
+    statuses: dict[int, int] = {}
+    failures = []
+    for _ in range(count):
+        body = hostile_body(rng, records)
+        response = post_text(client, body, rng.choice(CONTENT_TYPES))
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        if response.status_code >= 500:
+            failures.append((response.status_code, body[:300]))
+        elif response.status_code == 200:
+            if not all(isinstance(p, float) and 0 <= p <= 1 for p in response.json()["probabilities"]):
+                failures.append((200, body[:300], response.text[:300]))
+        elif response.status_code >= 400:
+            detail = response.json().get("detail")
+            if not isinstance(detail, str) or not detail:
+                failures.append((response.status_code, body[:300], detail))
+    assert not failures, failures[:10]
+    return statuses
+
+
+def test_hostile_bodies_never_get_a_500(client, toy):
+    statuses = assert_no_500(client, random.Random(20261128), raw_records(toy)[:20], 400)
+    assert set(statuses) == {200, 400, 413, 422}, statuses  # the generator reaches every answer
+    assert_still_serving(client, toy)
+
+
+def test_hostile_bodies_never_get_a_500_with_ids(ids):
+    records = [{"c0": c0, "c1": c1, "n0": n0} for c0, c1, n0 in [(3, 7, 0.5), (0, 1, -1), (1, 4, 2.5), (2, 0, 0)]]
+    statuses = assert_no_500(ids["client"], random.Random(7), records, 300)
+    assert set(statuses) == {200, 400, 413, 422}, statuses
+    assert ids["client"].get("/health").status_code == 200
+
+
 # ---------------------------------------------------------------------------- metadata, docs
 
 
@@ -328,6 +573,7 @@ def test_metadata_describes_model_features_and_cost(client, server, toy):
     assert {f["name"]: f["kind"] for f in meta["input_fields"]}["price"] == "number"
     assert meta["serving"]["backend"] == server.backend
     assert meta["serving"]["max_body_bytes"] == MAX_BODY
+    assert meta["serving"]["max_depth"] == MAX_DEPTH
     assert meta["training"]["test"]["auc"] == pytest.approx(artifact.info["test"]["auc"])
 
 
@@ -345,21 +591,77 @@ def test_openapi_docs_describe_the_request(client):
 # ---------------------------------------------------------------------------- a model that takes ids
 
 
-def test_a_synthetic_model_serves_ids(tmp_path):
+@pytest.fixture(scope="module")
+def ids(tmp_path_factory):
+    """A model trained on the synthetic log (fields c0 < 4, c1 < 8, n0), its artifact and a client of its server."""
+    base = tmp_path_factory.mktemp("serve-ids")
     data = SyntheticConfig(train_rows=2000, valid_rows=500, test_rows=500, vocab_sizes=(4, 8), num_numeric=1, seed=1)
-    run(RunConfig(model=TINY_MODEL, data=DataConfig(synthetic=data), train=TINY_TRAIN), tmp_path / "run")
-    artifact = load_artifact(tmp_path / "run")
-    server = Server(tmp_path / "run", "torch", tmp_path / "server.log")
+    run(RunConfig(model=TINY_MODEL, data=DataConfig(synthetic=data), train=TINY_TRAIN), base / "run")
+    server = Server(base / "run", "torch", base / "server.log")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            got = predict(client, [{"c0": 3, "c1": 7, "n0": 0.5}, {"c0": 0, "c1": 1, "n0": -1}])
-            with torch.inference_mode():
-                logits = artifact.model(torch.tensor([[3, 7], [0, 1]]), torch.tensor([[0.5], [-1.0]]))
-            np.testing.assert_allclose(got, torch.sigmoid(logits).numpy(), rtol=0, atol=1e-6)
-            bad = client.post("/predict", json={"records": [{"c0": 9, "c1": 7, "n0": 0.5}]})
-            assert bad.status_code == 422 and bad.json()["detail"] == "record 0, field 'c0': id 9 is outside [0, 4)"
-            bad = client.post("/predict", json={"records": [{"c0": "3", "c1": 7, "n0": 0.5}]})
-            assert bad.status_code == 422 and "expected an integer id, got the string '3'" in bad.json()["detail"]
-            assert client.get("/metadata").json()["inputs"] == "ids"
+            yield {"artifact": load_artifact(base / "run"), "client": client}
     finally:
         server.stop()
+
+
+def ids_probabilities(artifact, categorical, numeric) -> np.ndarray:
+    with torch.inference_mode():
+        logits = artifact.model(torch.tensor(categorical), torch.tensor(numeric, dtype=torch.float32))
+    return torch.sigmoid(logits).numpy()
+
+
+def test_a_synthetic_model_serves_ids(ids):
+    client, artifact = ids["client"], ids["artifact"]
+    got = predict(client, [{"c0": 3, "c1": 7, "n0": 0.5}, {"c0": 0, "c1": 1, "n0": -1}])
+    np.testing.assert_allclose(got, ids_probabilities(artifact, [[3, 7], [0, 1]], [[0.5], [-1.0]]), rtol=0, atol=1e-6)
+    bad = client.post("/predict", json={"records": [{"c0": 9, "c1": 7, "n0": 0.5}]})
+    assert bad.status_code == 422 and bad.json()["detail"] == "record 0, field 'c0': id 9 is outside [0, 4)"
+    bad = client.post("/predict", json={"records": [{"c0": "3", "c1": 7, "n0": 0.5}]})
+    assert bad.status_code == 422 and "expected an integer id, got the string '3'" in bad.json()["detail"]
+    assert client.get("/metadata").json()["inputs"] == "ids"
+
+
+def test_ids_nan_number_is_missing_and_filled_with_zero(ids):
+    # as a file of ids read by `mldcn predict` (IdInputs.encode_columns fills a missing number with 0.0)
+    client, artifact = ids["client"], ids["artifact"]
+    answers = []
+    for value in (math.nan, None, 0.0):
+        response = post_text(client, json.dumps({"records": [{"c0": 3, "c1": 7, "n0": value}]}))
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["probabilities"])
+    assert answers[0] == answers[1] == answers[2]
+    np.testing.assert_allclose(answers[0], ids_probabilities(artifact, [[3, 7]], [[0.0]]), rtol=0, atol=1e-6)
+    assert predict(client, [{"c0": 3, "c1": 7, "n0": 5.0}]).tolist() != answers[0]
+
+
+@pytest.mark.parametrize(
+    "field, literal, detail",
+    [
+        ("c0", "NaN", "expected an integer id, got NaN"),
+        ("c1", "Infinity", "expected an integer id, got Infinity"),
+        ("c0", "2.0", "expected an integer id, got the number 2.0"),
+        ("n0", "Infinity", "Infinity is not a finite number"),
+        ("n0", "-1e400", "-Infinity is not a finite number"),
+        ("n0", "1e39", "the number 1e+39 is outside the float32 range (±3.4e38)"),
+        ("n0", "1" + "0" * 400, "the number 1000000000000000000000000000000000000000... is outside the float32 range (±3.4e38)"),
+        ("n0", '"0.5"', "expected a number, got the string '0.5'"),
+    ],
+)
+def test_ids_bad_numbers_are_refused(field, literal, detail, ids):
+    client = ids["client"]
+    response = post_text(client, with_literal([{"c0": 3, "c1": 7, "n0": 0.5}] * 2, 1, field, literal))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"record 1, field {field!r}: {detail}"
+    assert client.get("/health").status_code == 200
+
+
+def test_ids_a_number_the_model_cannot_compute_with_is_refused(ids):
+    # 1e20 is a float32, but the model's products overflow: its probability would be NaN (JSON null)
+    client = ids["client"]
+    response = post_text(client, with_literal([{"c0": 3, "c1": 7, "n0": 0.5}] * 3, 2, "n0", "1e20"))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        "record 2: the model's probability is NaN (a number in the record is too large for its float32 arithmetic)"
+    )
+    assert client.get("/health").status_code == 200

@@ -122,20 +122,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from mldcn.files import atomic_path
     from mldcn.serve.artifact import load_artifact
     from mldcn.serve.export import export_model, parity
 
     artifact = load_artifact(args.model)
     out = Path(args.out) if args.out else artifact.path / f"model.{args.format}"
     start = time.perf_counter()
-    export_model(artifact.model, args.format, out, artifact.weights_sha256)
-    print(f"exported {artifact.config.family} as {args.format} -> {out} ({time.perf_counter() - start:.1f} s)")
+    with atomic_path(out) as tmp:  # the export appears only complete and, unless --no-check, checked
+        export_model(artifact.model, args.format, tmp, artifact.weights_sha256)
+        seconds = time.perf_counter() - start
+        if not args.no_check:
+            difference = parity(artifact.model, args.format, tmp)
+            if difference > PARITY_TOLERANCE:
+                raise ValueError(
+                    f"parity with eager PyTorch failed: max |Δ probability| = {difference:.2e} > "
+                    f"{PARITY_TOLERANCE:g}; nothing written to {out}"
+                )
+    print(f"exported {artifact.config.family} as {args.format} -> {out} ({seconds:.1f} s)")
     if not args.no_check:
-        difference = parity(artifact.model, args.format, out)
-        verdict = "ok" if difference <= PARITY_TOLERANCE else "FAILED"
-        print(f"parity with eager PyTorch: max |Δ probability| = {difference:.2e} ({verdict}, tolerance {PARITY_TOLERANCE:g})")
-        if difference > PARITY_TOLERANCE:
-            return 1
+        print(f"parity with eager PyTorch: max |Δ probability| = {difference:.2e} (ok, tolerance {PARITY_TOLERANCE:g})")
     return 0
 
 
@@ -159,6 +165,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=_positive, default=2, help="forward passes at the same time (default 2)")
     p.add_argument("--max-body-bytes", type=_positive, default=8 << 20, help="larger bodies get 413 (default 8 MiB)")
     p.add_argument("--max-records", type=_positive, default=10_000, help="more records per request get 413")
+    p.add_argument("--max-depth", type=_positive, default=32, help="JSON nested deeper gets 400 (default 32, at most 512)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
@@ -178,6 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         max_body_bytes=args.max_body_bytes,
         max_records=args.max_records,
+        max_depth=args.max_depth,
     )
     service = PredictionService(load_artifact(args.model), config)
     serve(service, args.host, args.port, args.log_level)

@@ -19,6 +19,11 @@ in decimal (``5`` → ``"5"``), floats in their shortest round-trip form
 (``0.25`` → ``"0.25"``; ``1.0`` → ``"1.0"``, so send categories as strings when
 the file's text matters), ``null`` as a missing value (an empty field), and a
 list in a multi-valued field joined with the schema's separator.
+
+NaN and infinities (Python's json reads the literals ``NaN``, ``Infinity`` and
+``-Infinity``, and ``1e400`` as infinity) follow the project's rule: a NaN is a
+missing value, exactly as ``null``; an infinity is refused, as is a number that
+overflows the model's float32 inputs.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from mldcn.features import FeatureSpec
 
 # the number syntax of the data readers (mldcn.data.readers): what a CSV numeric field may hold
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SHOWN_CHARACTERS = 40  # of a value quoted in an error message
 
 
 class RecordError(ValueError):
@@ -77,8 +84,22 @@ class InputField:
         return {"name": self.name, "kind": self.kind, "features": list(self.features)}
 
 
+def quoted(text: str) -> str:
+    """``repr(text)`` for an error message, cut after a few dozen characters."""
+    if len(text) <= _SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARACTERS]!r}... ({len(text):,} characters)"
+
+
+def _literal(value: float) -> str:
+    """A NaN or an infinity as the JSON literal Python's json reads and writes for it."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def json_kind(value: Any) -> str:
-    """What a JSON value is, for error messages ("an object", "the string 'x'", ...)."""
+    """What a JSON value is, for error messages ("an object", "the string 'x'", "the number 2.5", "NaN", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -88,27 +109,38 @@ def json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"the string {value!r}"
-    return type(value).__name__
+        return f"the string {quoted(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return _literal(value)
+    digits = str(value) if isinstance(value, int) else repr(value)
+    return f"the number {digits[:_SHOWN_CHARACTERS]}" + ("..." if len(digits) > _SHOWN_CHARACTERS else "")
 
 
 def _text(value: Any, index: int, field: str) -> str | None:
-    """A scalar as the text a CSV field would hold (None = missing)."""
+    """A scalar as the text a CSV field would hold (None = missing: null or NaN)."""
     if value is None:
         return None
     if isinstance(value, str):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecordError(index, field, f"expected a string or a number, got {json_kind(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RecordError(index, field, f"{value} is not a finite number")
-    return str(value) if isinstance(value, int) else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        raise RecordError(index, field, f"{_literal(value)} is not a finite number")
+    return repr(value)
 
 
 def _number_text(value: Any, index: int, field: str) -> str | None:
+    """A numeric field's text: the data readers' number syntax, finite (``"1e400"`` is not)."""
     text = _text(value, index, field)
-    if text is not None and text != "" and not _NUMBER.match(text):
-        raise RecordError(index, field, f"{text!r} is not a number")
+    if text is not None and text != "":
+        if not _NUMBER.match(text):
+            raise RecordError(index, field, f"{quoted(text)} is not a number")
+        if not math.isfinite(float(text)):
+            raise RecordError(index, field, f"{quoted(text)} is not a finite number")
     return text
 
 
@@ -165,12 +197,20 @@ class RawInputs:
                 elif field.kind == "multi" and isinstance(value, list):
                     parts = [_text(v, index, field.name) for v in value]
                     if any(p is None for p in parts):
-                        raise RecordError(index, field.name, "a list of values may not hold null")
+                        raise RecordError(index, field.name, "a list of values may not hold null or NaN")
                     text = self._separators[field.name].join(parts)
                 else:
                     text = _text(value, index, field.name)
                 values[field.name].append(text)
-        return self.encoder.encode({name: pa.array(v, pa.string()) for name, v in values.items()})
+        with np.errstate(over="ignore"):  # an overflow of float32 is refused below
+            encoded = self.encoder.encode({name: pa.array(v, pa.string()) for name, v in values.items()})
+        overflow = ~np.isfinite(encoded.numeric)  # e.g. 1e39 with transform none
+        if overflow.any():
+            row, j = (int(k) for k in np.argwhere(overflow)[0])
+            column = self.schema.numeric[j]
+            text = values[column.column][row]
+            raise RecordError(row, column.column, f"{quoted(text)} overflows the model's float32 input {column.name!r}")
+        return encoded
 
     def example(self) -> dict:
         """A record of frequent values (for the OpenAPI docs)."""
@@ -189,9 +229,9 @@ class IdInputs:
     """Records or file columns of already-encoded ids → model inputs.
 
     A categorical field takes an integer id in ``[0, vocab_size)`` (0 is the OOV
-    id), a numeric field a number, a multi-valued field a list of ids in
-    ``[1, vocab_size)`` (a file holds them ``|``-separated); ids past ``max_len``
-    are dropped, as the raw preprocessing does.
+    id), a numeric field a number (null or NaN: missing, 0.0 as in a file), a
+    multi-valued field a list of ids in ``[1, vocab_size)`` (a file holds them
+    ``|``-separated); ids past ``max_len`` are dropped, as the raw preprocessing does.
     """
 
     def __init__(self, features: FeatureSpec) -> None:
@@ -243,10 +283,7 @@ class IdInputs:
             for j, f in enumerate(features.categorical):
                 categorical[index, j] = self._id(record[f.name], f.vocab_size, 0, index, f.name)
             for j, f in enumerate(features.numeric):
-                value = record[f.name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise RecordError(index, f.name, f"expected a finite number, got {json_kind(value)}")
-                numeric[index, j] = value
+                numeric[index, j] = self._number(record[f.name], index, f.name)
             for j, f in enumerate(features.sequence):
                 value = record[f.name]
                 if not isinstance(value, list):
@@ -254,6 +291,21 @@ class IdInputs:
                 ids = [self._id(v, f.vocab_size, 1, index, f.name) for v in value[: f.max_len]]
                 sequence[index, j, : len(ids)] = ids
         return Encoded(categorical, numeric, sequence)
+
+    @staticmethod
+    def _number(value: Any, index: int, field: str) -> float:
+        """A numeric field's value; null and NaN are missing, filled with 0.0 as in a file (``encode_columns``)."""
+        if value is None:
+            return 0.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecordError(index, field, f"expected a number, got {json_kind(value)}")
+        if isinstance(value, float) and math.isnan(value):
+            return 0.0
+        if isinstance(value, float) and math.isinf(value):
+            raise RecordError(index, field, f"{_literal(value)} is not a finite number")
+        if abs(value) > _FLOAT32_MAX:  # an int of any size compares exactly
+            raise RecordError(index, field, f"{json_kind(value)} is outside the float32 range (±3.4e38)")
+        return float(value)
 
     @staticmethod
     def _id(value: Any, vocab_size: int, low: int, index: int, field: str) -> int:

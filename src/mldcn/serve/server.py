@@ -11,10 +11,15 @@ trained on encoded ids, one id or value per model field (see
 :mod:`mldcn.serve.inputs`). Bad requests get a 4xx whose ``detail`` names the
 problem, and the server goes on serving:
 
-    400  malformed JSON
+    400  malformed JSON, or JSON nested deeper than ``max_depth`` levels
     413  body over ``max_body_bytes``, or more than ``max_records`` records
-    422  not ``{"records": [...]}``, an empty list, a missing field or a value of
-         the wrong type (naming the record index and the field)
+    422  not ``{"records": [...]}``, an empty list, a missing field, a value of
+         the wrong type, an infinite number, a number past float32, or a string
+         that is not valid Unicode (a lone surrogate escape such as
+         ``\\ud800``), naming the record index and the field
+
+A NaN (Python's json reads the literals ``NaN``, ``Infinity``, ``-Infinity``)
+is a missing value, as ``null``; an infinity is refused.
 
 Encoding and the model's forward pass run in worker threads, at most
 ``concurrency`` at a time, never on the event loop, so slow batches do not
@@ -35,10 +40,15 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from mldcn.config import Config
+from mldcn.config import Config, ConfigError
 from mldcn.serve.artifact import Artifact
-from mldcn.serve.inputs import RecordError, input_codec, json_kind
+from mldcn.serve.inputs import RecordError, input_codec, json_kind, quoted
 from mldcn.serve.predict import Backend, make_backend, score
+
+
+# json.loads recurses once per level and raises RecursionError near Python's recursion
+# limit (1000): a deeper max_depth could not be told apart from that failure
+DEPTH_CEILING = 512
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,8 @@ class ServeConfig(Config):
         concurrency: forward passes running at the same time.
         max_body_bytes: larger request bodies get 413.
         max_records: more records in one request get 413.
+        max_depth: JSON nested deeper (``{"records": [{...}]}`` is 3 levels, a
+            list value in a record 4) gets 400; at most :data:`DEPTH_CEILING`.
         batch_size: rows per forward pass within one request.
     """
 
@@ -64,9 +76,15 @@ class ServeConfig(Config):
     concurrency: int = 2
     max_body_bytes: int = 8 << 20
     max_records: int = 10_000
+    max_depth: int = 32
     batch_size: int = 8192
 
-    _positive = ("threads", "concurrency", "max_body_bytes", "max_records", "batch_size")
+    _positive = ("threads", "concurrency", "max_body_bytes", "max_records", "max_depth", "batch_size")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_depth > DEPTH_CEILING:
+            raise ConfigError(f"ServeConfig.max_depth must be <= {DEPTH_CEILING}, got {self.max_depth}")
 
 
 class PredictResponse(BaseModel):
@@ -114,8 +132,18 @@ class PredictionService:
         self.limiter = anyio.CapacityLimiter(config.concurrency)
 
     def predict(self, records: list) -> np.ndarray:
-        """Probabilities float32 ``[len(records)]``; :class:`RecordError` on a bad record."""
-        return score(self.backend, self.codec.encode_records(records), self.config.batch_size)
+        """Probabilities float32 ``[len(records)]``; :class:`RecordError` on a bad record.
+
+        A record of finite inputs can still overflow the model's float32 arithmetic
+        (1e20 in the numeric field of the tests' synthetic model of ids): its NaN
+        probability is refused too, rather than answered as JSON ``null``.
+        """
+        probabilities = score(self.backend, self.codec.encode_records(records), self.config.batch_size)
+        nan = np.flatnonzero(np.isnan(probabilities))
+        if nan.size:
+            problem = "the model's probability is NaN (a number in the record is too large for its float32 arithmetic)"
+            raise RecordError(int(nan[0]), None, problem)
+        return probabilities
 
     def metadata(self) -> dict:
         info = self.artifact.info
@@ -141,6 +169,7 @@ class PredictionService:
                 "concurrency": self.config.concurrency,
                 "max_body_bytes": self.config.max_body_bytes,
                 "max_records": self.config.max_records,
+                "max_depth": self.config.max_depth,
             },
             "training": {k: info[k] for k in ("test", "data") if k in info},
         }
@@ -157,6 +186,87 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise HTTPException(413, f"request body is over the limit of {limit:,} bytes")
     return bytes(body)
+
+
+def _parse(body: bytes, max_depth: int) -> Any:
+    """The JSON value of a body: 400 when malformed or too deep, 422 for a string that is not Unicode."""
+    try:
+        data = json.loads(body)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "malformed JSON: the body is not UTF-8 text") from None
+    except RecursionError:  # thousands of levels: json.loads recurses per level
+        raise HTTPException(400, f"JSON nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError as error:
+        raise HTTPException(400, f"malformed JSON: {error}") from None
+    except ValueError as error:  # an integer of more than sys.get_int_max_str_digits() digits
+        reason = str(error).split(";")[0]  # without its advice to call sys.set_int_max_str_digits
+        raise HTTPException(400, f"malformed JSON: {reason}") from None
+    _check_json(data, max_depth)
+    return data
+
+
+def _refusal(status: int, index: int | None, field: str | None, problem: str) -> HTTPException:
+    """An HTTP error naming the record and field when ``index`` is not None."""
+    return HTTPException(status, str(RecordError(index, field, problem)) if index is not None else problem)
+
+
+def _check_unicode(text: str, index: int | None, field: str | None, what: str = "the string") -> None:
+    """422 when ``text`` holds a character UTF-8 cannot encode: a surrogate without its pair (JSON ``"\\ud800"``)."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        problem = f"{what} holds a lone surrogate \\u{ord(text[error.start]):04x}, which is not valid Unicode"
+        raise _refusal(422, index, field, problem) from None
+
+
+def _check_json(data: Any, max_depth: int) -> None:
+    """Refuse JSON nested deeper than ``max_depth`` levels (400) or holding a lone surrogate (422).
+
+    ``{"records": [{...}]}`` is 3 levels deep. A problem inside ``records`` names
+    the record index and, within a record, the field. Records are checked one at
+    a time, each without recursion (a value may be hundreds of levels deep).
+    """
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        _check_value(data, 1, None, max_depth)
+        return
+    _check_value({key: value for key, value in data.items() if value is not records}, 1, None, max_depth)
+    if max_depth < 2:
+        raise _refusal(400, None, None, f"JSON nested deeper than {max_depth} levels")
+    for index, record in enumerate(records):
+        _check_value(record, 3, index, max_depth)
+
+
+def _check_value(value: Any, depth: int, index: int | None, max_depth: int) -> None:
+    """Check a JSON value ``depth`` levels deep: record ``index`` itself (at depth 3), or outside the records."""
+    stack: list[tuple[Any, int, str | None]] = [(value, depth, None)]  # (value, its depth, the record's field)
+    while stack:
+        value, depth, field = stack.pop()
+        kind = type(value)  # json.loads makes dict, list, str, int, float, bool, None: no subclasses
+        if kind is str:
+            _check_unicode(value, index, field)
+            continue
+        if kind is not dict and kind is not list:
+            continue
+        if depth > max_depth:
+            raise _refusal(400, index, field, f"JSON nested deeper than {max_depth} levels")
+        is_record = depth == 3 and index is not None and kind is dict  # its keys are the fields
+        if kind is dict:
+            if not "".join(value).isascii():  # the usual case in one call
+                for key in value:
+                    _check_unicode(key, index, field, f"the key {quoted(key)}")
+            children = value.items()
+        else:
+            children = enumerate(value)
+        for key, child in children:
+            child_kind = type(child)
+            if child_kind is str:
+                if not child.isascii():  # (the usual case without a call)
+                    _check_unicode(child, index, key if is_record else field)
+            elif child_kind is dict or child_kind is list:
+                stack.append((child, depth + 1, key if is_record else field))
 
 
 def _records(data: Any, max_records: int) -> list:
@@ -187,9 +297,13 @@ def create_app(service: PredictionService) -> FastAPI:
         ),
     )
     errors = {
-        400: {"model": ErrorResponse, "description": "malformed JSON"},
+        400: {"model": ErrorResponse, "description": "malformed JSON, or nested deeper than the limit"},
         413: {"model": ErrorResponse, "description": "body or record count over the limit"},
-        422: {"model": ErrorResponse, "description": "not {records: [...]}, empty, a missing field or a wrong type"},
+        422: {
+            "model": ErrorResponse,
+            "description": "not {records: [...]}, empty, a missing field, a wrong type, an infinity, "
+            "a number past float32 or a lone surrogate",
+        },
     }
 
     @app.get("/health", response_model=Health, summary="liveness")
@@ -214,13 +328,7 @@ def create_app(service: PredictionService) -> FastAPI:
     )
     async def predict(request: Request) -> dict:
         body = await _read_body(request, config.max_body_bytes)
-        try:
-            data = json.loads(body)
-        except UnicodeDecodeError:
-            raise HTTPException(400, "malformed JSON: the body is not UTF-8 text") from None
-        except json.JSONDecodeError as error:
-            raise HTTPException(400, f"malformed JSON: {error}") from None
-        records = _records(data, config.max_records)
+        records = _records(_parse(body, config.max_depth), config.max_records)
         try:
             probabilities = await anyio.to_thread.run_sync(service.predict, records, limiter=service.limiter)
         except RecordError as error:
