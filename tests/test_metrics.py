@@ -14,6 +14,7 @@ from mldcn.train.metrics import (
     average_ranks,
     binary_metrics,
     calibration,
+    group_auc,
     logloss,
     normalized_entropy,
 )
@@ -159,3 +160,28 @@ def test_empty_input_raises(metric):
 def test_single_class_auc_raises(label):
     with pytest.raises(ValueError, match="one class"):
         auc([label] * 5, [0.1, 0.2, 0.3, 0.4, 0.5])
+
+
+def test_group_auc_by_hand():
+    # group a: positive 0.9 above both negatives → 1.0; group b: the negative ties the
+    # positive → 0.5; group c has one class only and is skipped. Weights 3 and 2.
+    labels = [1, 0, 0, 1, 0, 1, 1]
+    probs = [0.9, 0.2, 0.4, 0.3, 0.3, 0.5, 0.6]
+    groups = ["a", "a", "a", "b", "b", "c", "c"]
+    assert group_auc(labels, probs, groups) == pytest.approx((3 * 1.0 + 2 * 0.5) / 5)
+
+
+def test_group_auc_matches_scikit_learn_per_group():
+    rng = np.random.default_rng(3)
+    n = 4000
+    groups = rng.integers(0, 250, n)
+    labels = (rng.random(n) < 0.3).astype(np.float64)
+    probs = np.round(rng.random(n) + 0.3 * labels, 2)  # rounded: many ties
+    total = weight = 0.0
+    for g in np.unique(groups):
+        mask = groups == g
+        if 0 < labels[mask].sum() < mask.sum():
+            total += mask.sum() * roc_auc_score(labels[mask], probs[mask])
+            weight += mask.sum()
+    assert group_auc(labels, probs, groups) == pytest.approx(total / weight, abs=1e-12)
+    assert math.isnan(group_auc([1, 1, 0], [0.1, 0.2, 0.3], [0, 0, 1]))  # no group has both classes

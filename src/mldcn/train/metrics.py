@@ -48,6 +48,42 @@ def auc(labels, probs) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def group_auc(labels, probs, groups) -> float:
+    """gAUC: the AUC within each group (e.g. each user), averaged with the groups'
+    impression counts as weights; groups with one class only are skipped.
+
+        gAUC = Σ_g n_g AUC_g / Σ_g n_g   over groups g with positives and negatives
+
+    As :func:`auc`, exact with tied scores counting one half, in O(n log n) for
+    all groups together. NaN when no group has both classes.
+    """
+    y, p = _as_arrays(labels, probs)
+    g = np.asarray(groups).ravel()
+    if g.shape != y.shape:
+        raise ValueError(f"groups and labels differ in length: {g.size} vs {y.size}")
+    order = np.lexsort((p, g))  # by group, then by score
+    y, p, g = y[order], p[order], g[order]
+    n = y.size
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group = np.cumsum(new_group) - 1
+    group_start = np.flatnonzero(new_group)
+    new_tie = new_group | np.r_[True, p[1:] != p[:-1]]
+    tie_start = np.flatnonzero(new_tie)
+    tie_end = np.r_[tie_start[1:], n]
+    mean_rank = (tie_start + tie_end + 1) / 2.0  # 1-based global ranks averaged over each tie
+    rank = mean_rank[np.cumsum(new_tie) - 1] - group_start[group]  # 1-based rank within the group
+    positive = y > 0.5
+    count = np.bincount(group).astype(np.float64)
+    n_pos = np.bincount(group, weights=positive.astype(np.float64))
+    n_neg = count - n_pos
+    rank_sum = np.bincount(group, weights=np.where(positive, rank, 0.0))
+    both = (n_pos > 0) & (n_neg > 0)
+    if not both.any():
+        return float("nan")
+    aucs = (rank_sum[both] - n_pos[both] * (n_pos[both] + 1) / 2.0) / (n_pos[both] * n_neg[both])
+    return float(np.sum(aucs * count[both]) / np.sum(count[both]))
+
+
 def logloss(labels, probs) -> float:
     """Mean binary cross-entropy, with probabilities clipped to [1e-7, 1 - 1e-7]."""
     y, p = _as_arrays(labels, probs)
