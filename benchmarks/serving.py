@@ -118,7 +118,8 @@ def check_parity(server: Server, records: list[dict], offline: np.ndarray) -> fl
         for start in range(0, len(records), 512):
             response = client.post("/predict", json={"records": records[start : start + 512]})
             response.raise_for_status()
-            served.extend(response.json()["probabilities"])
+            body = response.json()
+            served.extend([row[task] for task in body["tasks"]] for row in body["probabilities"])
     if len(served) != len(offline):
         raise RuntimeError(f"served {len(served)} probabilities for {len(offline)} rows")
     return float(np.abs(np.asarray(served) - offline).max())

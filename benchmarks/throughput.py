@@ -111,7 +111,7 @@ def main() -> None:
             batch = train.take(index)
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 logits = model(*batch.inputs())
-            loss = loss_fn(logits.float(), batch.label)
+            loss = loss_fn(logits.float(), batch.labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)

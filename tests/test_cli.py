@@ -62,7 +62,7 @@ def test_train_writes_a_run(tmp_path, capsys):
     assert config.train.epochs == 1 and config.train.progress is False
     assert (config.data.synthetic.train_rows, config.data.synthetic.test_rows) == (5_000, 2_000)
     result = json.loads((out / "result.json").read_text())
-    assert result["epochs"] == 1 and 0.0 <= result["test"]["auc"] <= 1.0
+    assert result["epochs"] == 1 and 0.0 <= result["test"]["click"]["auc"] <= 1.0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
@@ -132,7 +132,7 @@ def check_demo_rows(rows: list[dict], budget: float) -> None:
     for row in rows:
         if row["model"] in demo.DEMO_FAMILIES:
             assert abs(row["interaction_flops"] / budget - 1) <= 0.03, row
-            assert 0.0 <= row["auc"] <= 1.0
+            assert 0.0 <= row["auc_click"] <= 1.0
 
 
 def test_demo_command(tmp_path, capsys, monkeypatch):
@@ -164,7 +164,7 @@ def test_run_demo_matches_the_budget_per_family():
     rows = demo.run_demo(config, echo=lines.append)
     check_demo_rows(rows, 80_000)
     ceiling = next(row for row in rows if row["model"].startswith("ceiling"))
-    assert 0.7 < ceiling["auc"] <= 1.0
+    assert 0.7 < ceiling["auc_click"] <= 1.0
     assert any("mldcn" in line and "rank=" in line for line in lines)
 
 

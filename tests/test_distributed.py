@@ -44,15 +44,15 @@ def test_two_processes_match_one_process_after_several_steps(tmp_path):
         torch.testing.assert_close(distributed_state[name], value, rtol=1e-4, atol=1e-5, msg=name)
     for single, ddp in zip(result.history, distributed_log["history"]):
         # validation AUC is computed on predictions gathered from both ranks
-        assert ddp["valid_auc"] == pytest.approx(single["valid_auc"], abs=1e-5)
+        assert ddp["valid"]["click"]["auc"] == pytest.approx(single["valid"]["click"]["auc"], abs=1e-5)
         assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("n, world", [(10, 2), (11, 3), (7, 4)])
 def test_shards_are_disjoint_cover_every_row_and_take_the_same_number_of_steps(n, world):
-    from mldcn.data.dataset import TabularSplit
+    from mldcn.batch import Batch
 
-    split = TabularSplit(torch.arange(n)[:, None], torch.zeros(n, 0), torch.zeros(n))
+    split = Batch(torch.arange(n)[:, None], torch.zeros(n, 0), labels=torch.zeros(n, 1))
     for shuffle in (False, True):
         seen, steps = [], []
         for rank in range(world):
@@ -85,7 +85,7 @@ def test_resume_continues_the_same_curve(tmp_path):
     second = ddp_worker.create_model(ddp_worker.MODEL, data.features)
     resumed = fit(second, data.train, data.valid, config, tmp_path / "resumed", resume=True)
 
-    assert [h["valid_auc"] for h in resumed.history] == [h["valid_auc"] for h in full.history]
+    assert [h["valid"] for h in resumed.history] == [h["valid"] for h in full.history]
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
@@ -126,12 +126,12 @@ def test_torchrec_sharded_tables_train_across_two_processes(tmp_path, sharding):
             assert [s[0][1] for s in shapes] == [8, 8]
     history = ranks[0]["history"]
     def metrics(h):
-        return [(e["valid_auc"], e["valid_logloss"], e["train_loss"], e["improved"]) for e in h]
+        return [(e["valid"], e["train_loss"], e["improved"]) for e in h]
 
     assert [rank["gather_difference"] for rank in ranks] == [0.0, 0.0]
     assert metrics(history) == metrics(ranks[1]["history"])  # gathered validation: the same on every rank
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert history[-1]["valid_auc"] > 0.52
+    assert history[-1]["valid"]["click"]["auc"] > 0.52
 
 
 @pytest.mark.parametrize("processes, sharding", [(1, "table"), (2, "column")])
@@ -153,11 +153,11 @@ def test_torchrec_sharded_training_from_the_cli_ends_with_test_metrics_and_an_ar
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "test AUC" in completed.stdout
     result = json.loads((out / "result.json").read_text())
-    assert result["processes"] == processes and 0.5 < result["test"]["auc"] < 1.0
+    assert result["processes"] == processes and 0.5 < result["test"]["click"]["auc"] < 1.0
     assert result["cost"]["interaction_flops"] > 0
 
     artifact = load_artifact(out)  # plain tables: loads, scores and exports like any artifact
     data = make_synthetic(SyntheticConfig(**rows))
     # the artifact's weights are the best epoch's: they give the validation AUC the sharded model had then
-    assert evaluate(artifact.model, data.valid)["auc"] == pytest.approx(result["best_valid"]["auc"], abs=1e-6)
-    assert evaluate(artifact.model, data.test)["auc"] == pytest.approx(result["test"]["auc"], abs=1e-6)
+    assert evaluate(artifact.model, data.valid)["click"]["auc"] == pytest.approx(result["best_valid"]["click"]["auc"], abs=1e-6)
+    assert evaluate(artifact.model, data.test)["click"]["auc"] == pytest.approx(result["test"]["click"]["auc"], abs=1e-6)

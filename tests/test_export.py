@@ -2,6 +2,8 @@
 
 Parity is on probabilities, max absolute difference <= 1e-5, on a batch (257)
 other than the one the export traced (4), so the batch dimension must be dynamic.
+The spec has two tasks, so every preset exports ``[B, 2]`` probabilities and the
+multi-task presets (shared bottom, MMoE, PLE) are covered too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from toy_log import make_toy_data, train_toy  # the shared toy click log
 
 from mldcn.cli import main
-from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField
+from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField, TaskSpec
 from mldcn.models import create_model, list_models
 from mldcn.serve.artifact import ArtifactError, load_artifact, save_artifact
 from mldcn.serve.export import (
@@ -34,6 +36,7 @@ SPEC = FeatureSpec(
     categorical=(CategoricalField("user", 11), CategoricalField("item", 7)),
     numeric=(NumericField("price"), NumericField("age")),
     sequence=(SequenceField("genres", 6, 3), SequenceField("tags", 9, 4)),
+    tasks=(TaskSpec("click"), TaskSpec("good_click")),
 )
 PRESETS = list_models()
 
@@ -103,7 +106,7 @@ def test_exported_model_scores_one_row_and_many(tmp_path):
         with torch.inference_mode():
             expected = wrapper(*args).numpy()
         got = run(*args)
-        assert got.shape == (batch,)
+        assert got.shape == (batch, 2)
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
 
 

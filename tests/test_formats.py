@@ -34,7 +34,9 @@ ONE_EPOCH = TrainConfig(epochs=1, batch_size=64, lr=1e-3, progress=False, seed=0
 
 
 def total(report: dict, key: str) -> int:
-    return sum(split[key] for split in report["splits"].values())
+    """Summed over the splits (and, for positives, over the one task of these samples)."""
+    values = [split[key] for split in report["splits"].values()]
+    return sum(sum(v.values()) if isinstance(v, dict) else v for v in values)
 
 
 def train_one_epoch(data, rows: int | None = None) -> np.ndarray:
@@ -48,7 +50,7 @@ def train_one_epoch(data, rows: int | None = None) -> np.ndarray:
     assert math.isfinite(result.history[0]["train_loss"])
     test = data.test if rows is None else data.test.rows(0, rows)
     p = predict(model, test)
-    assert p.shape == (len(test),)
+    assert p.shape == (len(test), 1)  # [N, T]: these samples have one task
     assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
     return p
 
@@ -65,11 +67,12 @@ def check_ids_in_range(data) -> None:
             assert ids.min() >= 0 and ids.max() < field.vocab_size, field.name
             assert (ids[:, field.max_len :] == 0).all()
         assert torch.isfinite(split.numeric).all()
-        assert set(split.label.unique().tolist()) <= {0.0, 1.0}
+        assert set(split.labels.unique().tolist()) <= {0.0, 1.0}
 
 
 def test_every_builtin_schema_is_covered():
-    assert builtin_schemas() == ["avazu", "criteo", "criteo_csv", "frappe", "frappe_libfm", "movielens", "taobao"]
+    # adult: tests/test_labels.py
+    assert builtin_schemas() == ["adult", "avazu", "criteo", "criteo_csv", "frappe", "frappe_libfm", "movielens", "taobao"]
 
 
 def test_criteo_csv_sample(tmp_path):
@@ -138,8 +141,8 @@ def frappe_pair(tmp_path_factory):
 @pytest.mark.parametrize("which", ["csv", "libfm"])
 def test_frappe_counts_and_training(frappe_pair, which):
     report, data = frappe_pair[0 if which == "csv" else 1]
-    assert report["splits"]["train"] == {"rows": 57_722, "positives": 19_063}
-    assert report["splits"]["test"] == {"rows": 28_860, "positives": 9_536}
+    assert report["splits"]["train"] == {"rows": 57_722, "positives": {"label": 19_063}}
+    assert report["splits"]["test"] == {"rows": 28_860, "positives": {"label": 9_536}}
     assert report["rows_skipped"] == 0
     assert data.features.num_fields == 10 and not data.features.numeric and not data.features.sequence
     check_ids_in_range(data)
@@ -150,7 +153,7 @@ def test_frappe_csv_and_libfm_encode_the_same_rows_identically(frappe_pair):
     (_, from_csv), (_, from_libfm) = frappe_pair
     for name in ("train", "test"):
         a, b = getattr(from_csv, name), getattr(from_libfm, name)
-        assert torch.equal(a.label, b.label)
+        assert torch.equal(a.labels, b.labels)
         # both vocabularies are fitted on the same train rows with the same values (NFM's
         # global ids), so even the ids agree, not only up to a renaming per field
         assert torch.equal(a.categorical, b.categorical)
@@ -194,7 +197,7 @@ def test_taobao_sample_sequence_and_price(tmp_path):
         valid=folder / "valid_sample.csv",
         test=folder / "test_sample.csv",
     )
-    assert report["splits"] == {name: {"rows": 100, "positives": 4} for name in ("train", "valid", "test")}
+    assert report["splits"] == {name: {"rows": 100, "positives": {"clk": 4}} for name in ("train", "valid", "test")}
     data = load_prepared(tmp_path)
     assert data.features.num_fields == 17  # 15 categorical + price + click_sequence
     assert [f.name for f in data.features.numeric] == ["price"]
@@ -235,13 +238,13 @@ def test_criteo_headerless_tsv_matches_criteo_csv(tmp_path):
     tsv_schema = dataclasses.replace(load_schema("criteo"), min_count=1)
     assert tsv_schema.delimiter == "\t" and not tsv_schema.header
     report = prepare(tsv_schema, tmp_path / "tsv", train=tsv, valid=tsv, test=tsv)
-    assert report["splits"]["train"] == {"rows": 12, "positives": 6}  # no row lost as a "header"
+    assert report["splits"]["train"] == {"rows": 12, "positives": {"label": 6}}  # no row lost as a "header"
     csv_schema = dataclasses.replace(load_schema("criteo_csv"), min_count=1)
     prepare(csv_schema, tmp_path / "csv", train=with_header, valid=with_header, test=with_header)
     a, b = load_prepared(tmp_path / "tsv"), load_prepared(tmp_path / "csv")
     assert a.features == b.features and a.features.num_fields == 39
     assert torch.equal(a.train.categorical, b.train.categorical)
-    assert torch.equal(a.train.label, b.train.label)
+    assert torch.equal(a.train.labels, b.train.labels)
     # I1 of row 0 is missing (filled with 0), of row 1 is 6: floor(ln(6)^2) = 3
     encoder = Encoder.load(tmp_path / "tsv")
     vocab = encoder.vocabularies["I1"].to_pylist()

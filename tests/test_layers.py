@@ -467,8 +467,8 @@ def test_parallel_head_golden():
     # ex 1: MLP(x0) = relu(1 - 3) = 0; [h ; 0] = [1, 0]; 2 * 1 + 3 * 0 + 0.5 = 2.5
     # ex 2: MLP(x0) = relu(2 + 1) = 3; [-1, 3]; -2 + 9 + 0.5 = 7.5
     out = head(h, x0)
-    assert out.shape == (2,)
-    _assert_close(out, [2.5, 7.5])
+    assert out.shape == (2, 1)  # [B, T]: one task
+    _assert_close(out, [[2.5], [7.5]])
 
 
 def test_parallel_head_without_dnn_reads_only_h():
@@ -477,7 +477,7 @@ def test_parallel_head_without_dnn_reads_only_h():
     _set(head.output.weight, [[1, -1]])
     _set(head.output.bias, [0.25])
     # 3 - 1 + 0.25 = 2.25; x0 is not read
-    _assert_close(head(torch.tensor([[3.0, 1.0]]), torch.full((1, 3), 99.0)), [2.25])
+    _assert_close(head(torch.tensor([[3.0, 1.0]]), torch.full((1, 3), 99.0)), [[2.25]])
 
 
 def test_stacked_head_golden():
@@ -489,13 +489,13 @@ def test_stacked_head_golden():
     h = torch.tensor([[3.0, 0.5], [1.0, 4.0]])
     # ex 1: [3, -0.5] -> relu [3, 0] -> 3;  ex 2: [1, 3] -> 4
     out = head(h, torch.full((2, 7), 99.0))  # x0 is unused
-    assert out.shape == (2,)
-    _assert_close(out, [3.0, 4.0])
+    assert out.shape == (2, 1)
+    _assert_close(out, [[3.0], [4.0]])
 
     linear = StackedHead(interaction_dim=2, hidden=())
     _set(linear.output.weight, [[2, -1]])
     _set(linear.output.bias, [1])
-    _assert_close(linear(h, None), [6.5, -1.0])  # 6 - 0.5 + 1; 2 - 4 + 1
+    _assert_close(linear(h, None), [[6.5], [-1.0]])  # 6 - 0.5 + 1; 2 - 4 + 1
 
 
 def test_flatten_fields():

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import rankdata
 from sklearn.metrics import log_loss, roc_auc_score
 
-from mldcn.train.metrics import (
+from mldcn.metrics import (
     auc,
     average_ranks,
     binary_metrics,

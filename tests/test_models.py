@@ -1,24 +1,29 @@
 """Contract tests over the model registry (in the spirit of timm's ``test_models.py``).
 
-Every registered preset: right output shape and dtype, finite logits, a gradient for
-every parameter, a state-dict round trip, and analytic matmul FLOPs equal to what
-``torch.utils.flop_counter.FlopCounterMode`` counts.
+Every registered preset, on a spec with two tasks (so every multi-task structure and
+the single-task head's T outputs are covered): right output shape and dtype, finite
+logits, a gradient for every parameter, a state-dict round trip, and analytic matmul
+FLOPs equal to what ``torch.utils.flop_counter.FlopCounterMode`` counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 
 import pytest
 import torch
 from torch import nn
 
-from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField
+from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField, TaskSpec
 from mldcn.models import (
     HeadConfig,
     RankingModel,
     create_model,
+    get_family,
     get_preset,
+    list_families,
     list_models,
     measured_matmul_flops,
     model_cost,
@@ -27,12 +32,13 @@ from mldcn.models import (
 MODELS = list_models()
 
 #: Update when a preset is added or removed (timm-style discovery test).
-EXPECTED_NUM_MODELS = 16
+EXPECTED_NUM_MODELS = 19
 
 SPEC = FeatureSpec(
     categorical=(CategoricalField("user", 7), CategoricalField("item", 5)),
     numeric=(NumericField("price"), NumericField("age")),
     sequence=(SequenceField("tags", 6, 3), SequenceField("genres", 4, 2)),
+    tasks=(TaskSpec("click"), TaskSpec("good_click", weight=0.5)),
 )
 VOCAB_TOTAL = 7 + 5 + 6 + 4
 BATCH = 4
@@ -60,7 +66,7 @@ def test_discovery():
     assert len(MODELS) == EXPECTED_NUM_MODELS, MODELS
     assert MODELS == sorted(set(MODELS))
     expected = {"mldcn", "dcnv2", "dcnv2_lowrank", "masknet_parallel", "masknet_serial", "lr", "dnn"}
-    expected |= {"wukong", "rankmixer", "rankmixer_moe"}
+    expected |= {"wukong", "rankmixer", "rankmixer_moe", "mldcn_mmoe", "mldcn_shared_bottom", "mldcn_ple"}
     assert expected <= set(MODELS)
 
 
@@ -73,7 +79,7 @@ def test_forward_shape_dtype_finite(name):
     model.eval()
     with torch.no_grad():
         logits = model(*make_inputs())
-    assert logits.shape == (BATCH,)
+    assert logits.shape == (BATCH, SPEC.num_tasks)
     assert logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
 
@@ -84,7 +90,7 @@ def test_every_parameter_gets_a_gradient(name):
     model = create_model(name, SPEC)
     model.train()  # dropout and batch norm active (B = 4)
     categorical, numeric, sequence = make_inputs()
-    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # [B, T]
     loss = nn.functional.binary_cross_entropy_with_logits(model(categorical, numeric, sequence), labels)
     assert torch.isfinite(loss)
     loss.backward()
@@ -93,7 +99,8 @@ def test_every_parameter_gets_a_gradient(name):
         assert torch.isfinite(param.grad).all(), f"{name}: {param_name} has a non-finite gradient"
     # and the gradient is not zero everywhere
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
-    assert model.head.output.weight.grad.abs().sum() > 0
+    outputs = [tower.output for tower in model.head.towers] if hasattr(model.head, "towers") else [model.head.output]
+    assert all(output.weight.grad.abs().sum() > 0 for output in outputs)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -228,3 +235,21 @@ def test_model_cost_parameter_split(name):
     # bytes read: 2 categorical rows + 3 + 2 sequence slots (padded lengths), fp32
     assert cost.embedding_bytes_read == (2 + 3 + 2) * dim * 4
     assert cost.total == cost.interaction + cost.head + cost.embedding
+
+
+@pytest.mark.parametrize("name", [f for f in list_families() if get_family(f).layer is not None])
+def test_family_options_are_the_layers_arguments(name):
+    """Each option is declared once, in the config; the layer takes it by the same name and default."""
+    family = get_family(name)
+    parameters = inspect.signature(family.layer.__init__).parameters
+    for field in dataclasses.fields(family.config_cls):
+        assert field.name in parameters, f"{name}: {field.name} is not an argument of {family.layer.__name__}"
+        layer_default = parameters[field.name].default
+        if layer_default is not inspect.Parameter.empty:
+            assert layer_default == field.default, f"{name}.{field.name}: {field.default!r} vs the layer's {layer_default!r}"
+
+
+def test_most_families_declare_their_options_once():
+    declared = {f for f in list_families() if get_family(f).layer is not None}
+    # WuKong's and RankMixer's configs derive their layers' sizes (token split, FFN widths)
+    assert set(list_families()) - declared == {"dnn", "rankmixer", "rankmixer_moe", "wukong"}

@@ -74,7 +74,7 @@ def test_bf16_training_learns_and_keeps_fp32_master_weights(data):
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert evaluate(model, data.valid, precision="bf16")["auc"] > 0.6
+    assert evaluate(model, data.valid, precision="bf16")["click"]["auc"] > 0.6
 
 
 def test_bf16_predictions_are_close_to_fp32_for_the_same_weights(data):
@@ -111,5 +111,5 @@ def test_compiled_training_follows_the_eager_curve():
         seed_everything(0)
         model = create_model(ddp_worker.MODEL, data.features)
         result = fit(model, data.train, data.valid, replace(ddp_worker.TRAIN, epochs=1, compile=compiled))
-        curves.append(result.history[0]["valid_auc"])
+        curves.append(result.history[0]["valid"]["click"]["auc"])
     assert curves[1] == pytest.approx(curves[0], abs=1e-4)

@@ -29,7 +29,7 @@ from mldcn.data.encode import Encoder
 from mldcn.data.prepared import load_split
 from mldcn.data.readers import DataError
 from mldcn.data.synthetic import SyntheticConfig
-from mldcn.serve.artifact import load_artifact
+from mldcn.serve.artifact import load_artifact, save_run_artifact
 from mldcn.serve.predict import (
     TorchBackend,
     make_backend,
@@ -37,7 +37,8 @@ from mldcn.serve.predict import (
     predict_prepared,
     read_probabilities,
 )
-from mldcn.train.run import DataConfig, RunConfig, run
+from mldcn.data.source import DataConfig
+from mldcn.train.run import RunConfig, run
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,8 @@ def test_prepared_split_prediction_matches_raw_file(toy, artifact, tmp_path):
     prepared = predict_prepared(artifact, toy["prepared"], "test", tmp_path / "prepared.parquet")
     assert prepared.rows_read == prepared.rows_written == raw.rows_written
     table = pq.read_table(tmp_path / "prepared.parquet")
-    assert table.column_names == ["label", "probability"]
-    np.testing.assert_array_equal(table["label"].to_numpy(), load_split(toy["prepared"], "test").label.numpy())
+    assert table.column_names == ["label_label", "probability_label"]  # per task; the toy's task is `label`
+    np.testing.assert_array_equal(table["label_label"].to_numpy(), load_split(toy["prepared"], "test").labels[:, 0].numpy())
     np.testing.assert_allclose(read_probabilities(tmp_path / "prepared.parquet"), read_probabilities(tmp_path / "raw.csv"), atol=1e-6)
 
 
@@ -91,12 +92,7 @@ def test_unknown_categories_map_to_the_oov_id(toy, artifact, tmp_path):
     encoded = artifact.encoder.encode(columns)
     assert (encoded.categorical[:, :2] == 0).all()  # user, item: OOV
     assert (encoded.sequence[:, 0, 0] == 1).all()  # 'zzz': the multi-valued OOV id
-    expected = eager_probabilities(
-        artifact.model,
-        torch.from_numpy(encoded.categorical),
-        torch.from_numpy(encoded.numeric),
-        torch.from_numpy(encoded.sequence),
-    )
+    expected = eager_probabilities(artifact.model, *encoded.inputs())
     np.testing.assert_allclose(read_probabilities(tmp_path / "p.csv"), expected, atol=1e-6)
 
 
@@ -122,12 +118,12 @@ def test_parquet_in_parquet_out_with_kept_columns(toy, artifact, tmp_path):
     pq.write_table(table.drop(["label"]).append_column("request_id", pa.array([f"r{i}" for i in range(len(table))])), tmp_path / "in.parquet")
     report = predict_file(artifact, tmp_path / "in.parquet", tmp_path / "out.parquet", keep_columns=("request_id",), line_numbers=True)
     out = pq.read_table(tmp_path / "out.parquet")
-    assert out.column_names == ["request_id", "line", "probability"]
+    assert out.column_names == ["request_id", "line", "probability_label"]
     assert out["request_id"].to_pylist() == [f"r{i}" for i in range(400)]
     assert out["line"].to_pylist() == list(range(1, 401))
     assert report.rows_written == 400
     predict_file(artifact, toy["test"], tmp_path / "csv.csv")
-    np.testing.assert_allclose(out["probability"].to_numpy(), read_probabilities(tmp_path / "csv.csv"), atol=1e-6)
+    np.testing.assert_allclose(out["probability_label"].to_numpy(), read_probabilities(tmp_path / "csv.csv")[:, 0], atol=1e-6)
 
 
 def test_bad_rows_stop_with_file_line_and_field(toy, artifact, tmp_path):
@@ -197,7 +193,7 @@ def test_predict_command(toy, tmp_path, capsys):
     assert code == 0
     assert "400 rows read = 400 predicted + 0 skipped" in capsys.readouterr().out
     out = pcsv.read_csv(tmp_path / "p.csv")
-    assert out.column_names == ["user", "probability"] and out.num_rows == 400
+    assert out.column_names == ["user", "probability_label"] and out.num_rows == 400
 
 
 def test_predict_command_on_a_prepared_split(toy, tmp_path, capsys):
@@ -220,6 +216,7 @@ def test_synthetic_model_predicts_a_file_of_ids(tmp_path):
     data = SyntheticConfig(train_rows=2000, valid_rows=500, test_rows=500, vocab_sizes=(4, 8), num_numeric=1, seed=1)
     config = RunConfig(model=TINY_MODEL, data=DataConfig(synthetic=data), train=TINY_TRAIN)
     result = run(config, tmp_path / "run")
+    save_run_artifact(result)
     artifact = load_artifact(tmp_path / "run")
     assert artifact.encoder is None and artifact.info["inputs"] == "ids"
     test = result.model  # the trained model, in memory

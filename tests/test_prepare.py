@@ -299,11 +299,11 @@ def test_files_split_keeps_every_row_in_order(tmp_path):
     assert rids(data, "valid").tolist() == list(range(2, 7))
     assert rids(data, "test").tolist() == list(range(2, 9))
     assert report["splits"] == {
-        "train": {"rows": 30, "positives": 15},
-        "valid": {"rows": 5, "positives": 2},
-        "test": {"rows": 7, "positives": 3},
+        "train": {"rows": 30, "positives": {"label": 15}},
+        "valid": {"rows": 5, "positives": {"label": 2}},
+        "test": {"rows": 7, "positives": {"label": 3}},
     }
-    assert data.train.label.tolist() == [float(line % 2) for line in range(2, 32)]
+    assert data.train.labels[:, 0].tolist() == [float(line % 2) for line in range(2, 32)]
     assert (report["rows_read"], report["rows_written"], report["rows_skipped"]) == (42, 42, 0)
 
 
@@ -350,7 +350,7 @@ def test_random_split_does_not_depend_on_chunking(tmp_path):
             a, b = getattr(first, name), getattr(data, name)
             assert torch.equal(a.categorical, b.categorical)
             assert torch.equal(a.numeric, b.numeric)
-            assert torch.equal(a.label, b.label)
+            assert torch.equal(a.labels, b.labels)
 
 
 def test_time_split_numeric_bounds(tmp_path):
@@ -456,24 +456,24 @@ def test_load_prepared_mmap_and_in_memory_agree(full):
         a, b = getattr(in_memory, name), getattr(mapped, name)
         assert a.categorical.shape == (len(a), 4)
         assert a.sequence.shape == (len(a), 2, 4)  # padded to the longest max_len
-        for field in ("categorical", "numeric", "label", "sequence"):
+        for field in ("categorical", "numeric", "labels", "sequence"):
             assert torch.equal(getattr(a, field), getattr(b, field))
     # the second sequence field never uses the positions beyond its own max_len
     assert in_memory.train.sequence[:, 1, 2:].abs().sum() == 0
     assert (in_memory.train.sequence[:, 0] > 0).any()
-    assert load_split(out, "valid").label.shape == (50,)
+    assert load_split(out, "valid").labels.shape == (50, 1)
 
 
 def test_second_prepare_reuses_and_does_not_rewrite(full):
     out, files = full
     feature_map = out / "feature_map.json"
     before = feature_map.stat().st_mtime_ns
-    label_before = (out / "train" / "label.bin").stat().st_mtime_ns
+    label_before = (out / "train" / "labels.bin").stat().st_mtime_ns
     report = prepare(FULL_SCHEMA, out, **files)
     assert report["reused"] is True
     assert report["splits"]["train"]["rows"] == 200
     assert feature_map.stat().st_mtime_ns == before
-    assert (out / "train" / "label.bin").stat().st_mtime_ns == label_before
+    assert (out / "train" / "labels.bin").stat().st_mtime_ns == label_before
 
 
 def rebuilt(out: Path, files: dict, s=FULL_SCHEMA, **kwargs) -> bool:
@@ -527,7 +527,7 @@ def test_another_format_version_is_a_clear_error_and_prepare_rebuilds(full):
 
 def test_truncated_array_is_a_clear_error(full):
     out, _ = full
-    label = out / "train" / "label.bin"
+    label = out / "train" / "labels.bin"
     label.write_bytes(label.read_bytes()[:-6])
     for mmap in (False, True):
         with pytest.raises(FeatureMapError, match="expected 800") as error:
@@ -537,7 +537,7 @@ def test_truncated_array_is_a_clear_error(full):
 
 def test_prepare_rebuilds_a_truncated_array_instead_of_reusing_it(full):
     out, files = full
-    label = out / "train" / "label.bin"
+    label = out / "train" / "labels.bin"
     label.write_bytes(label.read_bytes()[:-6])
     report = prepare(FULL_SCHEMA, out, **files)
     assert report["reused"] is False
@@ -643,7 +643,7 @@ def test_cli_prepare_prints_counts_and_skipped_lines(tmp_path, capsys):
     assert "skipped line 3: expected 3 columns, found 2" in out
     assert "skipped line 5: field 'label': label must be 0 or 1, got '2'" in out
     assert "skipped line 3: field 'x': 'zz' is not a number" in out
-    assert "splits: train 3 (66.7% positive), valid 2 (50.0% positive), test 2 (100.0% positive)" in out
+    assert "splits: train 3 (positive: label 66.7%); valid 2 (positive: label 50.0%); test 2 (positive: label 100.0%)" in out
     assert "10 rows in" in out
 
     assert main(args + ["--on-bad-rows", "skip"]) == 0

@@ -154,9 +154,9 @@ def test_labels_are_binary_floats(tmp_path):
         (libfm, LIBFM, [1, 0, 1, 0]),  # libfm's -1/1 with threshold 0
     ]:
         _, _, chunks = read(path, schema)
-        label = np.concatenate([c.label for c in chunks])
-        assert label.dtype == np.float32
-        np.testing.assert_array_equal(label, expected)
+        label = np.concatenate([c.labels for c in chunks])
+        assert label.dtype == np.float32 and label.shape == (len(expected), 1)
+        np.testing.assert_array_equal(label[:, 0], expected)
 
 
 @pytest.mark.parametrize("mode", ["error", "skip"])

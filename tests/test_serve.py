@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pytest
 import torch
 from toy_log import (  # the shared toy log
@@ -31,18 +32,21 @@ from toy_log import (  # the shared toy log
     TINY_TRAIN,
     make_toy_data,
     train_toy,
+    write_csv,
 )
 
 from mldcn.cli import main
 from mldcn.config import ConfigError
 from mldcn.data.encode import Encoder
 from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn
+from mldcn.data.source import DataConfig
 from mldcn.data.synthetic import SyntheticConfig
-from mldcn.serve.artifact import load_artifact
+from mldcn.models import get_preset
+from mldcn.serve.artifact import load_artifact, save_run_artifact
 from mldcn.serve.inputs import RawInputs, RecordError
 from mldcn.serve.predict import read_probabilities
 from mldcn.serve.server import ServeConfig, bind
-from mldcn.train.run import DataConfig, RunConfig, run
+from mldcn.train.run import RunConfig, run
 
 MAX_BODY = 64 * 1024
 MAX_RECORDS = 500
@@ -132,12 +136,18 @@ def client(server):
         yield client
 
 
+def answer(response) -> np.ndarray:
+    """The probabilities of a /predict answer as ``[records, T]``, in the order of its ``tasks``."""
+    body = response.json()
+    return np.asarray([[row[task] for task in body["tasks"]] for row in body["probabilities"]], dtype=np.float64)
+
+
 def predict(client, records) -> np.ndarray:
     response = client.post("/predict", json={"records": records})
     assert response.status_code == 200, response.text
-    probabilities = response.json()["probabilities"]
+    probabilities = answer(response)
     assert len(probabilities) == len(records)
-    return np.asarray(probabilities, dtype=np.float64)
+    return probabilities
 
 
 def assert_still_serving(client, toy) -> None:
@@ -181,11 +191,7 @@ def test_null_is_a_missing_value_and_unknown_categories_are_oov(client, toy):
     )
     with torch.inference_mode():
         expected = torch.sigmoid(
-            artifact.model(
-                torch.from_numpy(encoded.categorical).long(),
-                torch.from_numpy(encoded.numeric),
-                torch.from_numpy(encoded.sequence).long(),
-            )
+            artifact.model(encoded.categorical.long(), encoded.numeric, encoded.sequence.long())
         ).numpy()
     assert encoded.categorical[0, 0] == 0 and encoded.sequence[0, 0, 0] == 1  # OOV ids
     np.testing.assert_allclose(predict(client, records), expected, rtol=0, atol=1e-6)
@@ -281,7 +287,7 @@ def test_nan_is_a_missing_value(client, toy):
     with_nan = post_text(client, json.dumps({"records": [record(toy, **{f: math.nan}) for f in fields]}))
     assert with_nan.status_code == 200, with_nan.text
     with_null = predict(client, [record(toy, **{f: None}) for f in fields])
-    assert with_nan.json()["probabilities"] == with_null.tolist()
+    assert answer(with_nan).tolist() == with_null.tolist()
     assert not np.allclose(with_null, predict(client, [record(toy)] * 3))  # the values were filled, not kept
     assert_still_serving(client, toy)
 
@@ -369,7 +375,7 @@ def test_valid_unicode_is_served(client, toy):
     assert response.status_code == 200, response.text
     unknown = predict(client, [record(toy, user="never-seen")])[0]
     # both are unknown users, the OOV id (equal up to float32 rounding: rows of one batch may differ in the last bit)
-    np.testing.assert_allclose(response.json()["probabilities"], [unknown, unknown], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(answer(response), [unknown, unknown], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -536,7 +542,8 @@ def assert_no_500(client, rng, records: list[dict], count: int) -> dict[int, int
         if response.status_code >= 500:
             failures.append((response.status_code, body[:300]))
         elif response.status_code == 200:
-            if not all(isinstance(p, float) and 0 <= p <= 1 for p in response.json()["probabilities"]):
+            rows = response.json()["probabilities"]
+            if not all(isinstance(p, float) and 0 <= p <= 1 for row in rows for p in row.values()):
                 failures.append((200, body[:300], response.text[:300]))
         elif response.status_code >= 400:
             detail = response.json().get("detail")
@@ -574,7 +581,8 @@ def test_metadata_describes_model_features_and_cost(client, server, toy):
     assert meta["serving"]["backend"] == server.backend
     assert meta["serving"]["max_body_bytes"] == MAX_BODY
     assert meta["serving"]["max_depth"] == MAX_DEPTH
-    assert meta["training"]["test"]["auc"] == pytest.approx(artifact.info["test"]["auc"])
+    assert meta["training"]["test"]["label"]["auc"] == pytest.approx(artifact.info["test"]["label"]["auc"])
+    assert [t["name"] for t in meta["features"]["tasks"]] == ["label"]  # the toy schema's one label
 
 
 def test_openapi_docs_describe_the_request(client):
@@ -596,7 +604,7 @@ def ids(tmp_path_factory):
     """A model trained on the synthetic log (fields c0 < 4, c1 < 8, n0), its artifact and a client of its server."""
     base = tmp_path_factory.mktemp("serve-ids")
     data = SyntheticConfig(train_rows=2000, valid_rows=500, test_rows=500, vocab_sizes=(4, 8), num_numeric=1, seed=1)
-    run(RunConfig(model=TINY_MODEL, data=DataConfig(synthetic=data), train=TINY_TRAIN), base / "run")
+    save_run_artifact(run(RunConfig(model=TINY_MODEL, data=DataConfig(synthetic=data), train=TINY_TRAIN), base / "run"))
     server = Server(base / "run", "torch", base / "server.log")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -629,7 +637,7 @@ def test_ids_nan_number_is_missing_and_filled_with_zero(ids):
     for value in (math.nan, None, 0.0):
         response = post_text(client, json.dumps({"records": [{"c0": 3, "c1": 7, "n0": value}]}))
         assert response.status_code == 200, response.text
-        answers.append(response.json()["probabilities"])
+        answers.append(answer(response).tolist())
     assert answers[0] == answers[1] == answers[2]
     np.testing.assert_allclose(answers[0], ids_probabilities(artifact, [[3, 7]], [[0.0]]), rtol=0, atol=1e-6)
     assert predict(client, [{"c0": 3, "c1": 7, "n0": 5.0}]).tolist() != answers[0]
@@ -665,3 +673,36 @@ def test_ids_a_number_the_model_cannot_compute_with_is_refused(ids):
         "record 2: the model's probability is NaN (a number in the record is too large for its float32 arithmetic)"
     )
     assert client.get("/health").status_code == 200
+
+
+# ---------------------------------------------------------------------------- a multi-task model
+
+
+def test_a_multi_task_model_serves_the_same_per_task_probabilities_as_predict(tmp_path):
+    data = SyntheticConfig(
+        train_rows=2000, valid_rows=500, test_rows=500, vocab_sizes=(4, 8, 16), num_numeric=1, seed=2,
+        tasks=("click", "good_click"), task_rates=(0.3,),
+    )  # fmt: skip
+    model = get_preset("mldcn_mmoe").replace(embedding_dim=4).with_interaction(rank=4, num_layers=1)
+    save_run_artifact(run(RunConfig(model=model, data=DataConfig(synthetic=data), train=TINY_TRAIN), tmp_path / "run"))
+    rng = np.random.default_rng(0)
+    rows = [[int(rng.integers(4)), int(rng.integers(8)), int(rng.integers(16)), round(float(rng.normal()), 3)] for _ in range(64)]
+    write_csv(tmp_path / "ids.csv", [[str(v) for v in row] for row in rows], header=["c0", "c1", "c2", "n0"])
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "ids.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    offline = read_probabilities(tmp_path / "p.csv")
+    assert offline.shape == (64, 2)
+    assert pcsv.read_csv(tmp_path / "p.csv").column_names == ["probability_click", "probability_good_click"]
+    server = Server(tmp_path / "run", "torch", tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            records = [{"c0": a, "c1": b, "c2": c, "n0": x} for a, b, c, x in rows]
+            response = client.post("/predict", json={"records": records})
+            assert response.status_code == 200, response.text
+            assert response.json()["tasks"] == ["click", "good_click"]
+            assert np.abs(answer(response) - offline).max() <= 1e-6
+            spec = client.get("/openapi.json").json()
+            schema = spec["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+            assert list(schema["properties"]["probabilities"]["items"]["properties"]) == ["click", "good_click"]
+            assert client.get("/metadata").json()["features"]["tasks"][1]["name"] == "good_click"
+    finally:
+        server.stop()

@@ -276,3 +276,25 @@ def test_study_workers_skip_live_claims_and_take_over_dead_ones(tmp_path):
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["key"] for line in lines) == sorted([live.key, dead.key])
     assert not list(tmp_path.glob("runs/*/.claim"))
+
+
+def test_scale_compares_families_as_experts_of_one_multi_task_structure(tmp_path):
+    two_tasks = {**TINY_DATA, "synthetic": {**TINY_DATA["synthetic"], "tasks": ["click", "quality"], "task_rates": [0.3]}}
+    config = scale_config_from_dict(
+        {
+            "budgets": [40000], "families": ["mldcn", "dcnv2_lowrank"], "seeds": [0, 1], "embedding_dim": 4,
+            "head": {"structure": "stacked", "hidden": [8]}, "train": TINY_TRAIN, "grid": {"lr": [0.003]},
+            "latency_batches": [1], "data": two_tasks, "multitask": {"kind": "mmoe", "num_experts": 2},
+        }
+    )  # fmt: skip
+    summary = run_scale(config, tmp_path, echo=lambda _: None)
+    assert summary["tasks"] == ["click", "quality"]
+    for row in summary["rows"]:  # both families resized so their two experts and gates meet the budget
+        assert abs(row["interaction_flops"] / 40000 - 1) <= 0.03
+        assert {"auc_click", "auc_quality"} <= set(row)
+    assert [(s["rival"], s["task"]) for s in summary["significance"]] == [("dcnv2_lowrank", "click"), ("dcnv2_lowrank", "quality")]
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert all(set(r["test"]) == {"click", "quality"} for r in records)
+    assert all(r["test_auc"] == pytest.approx((r["test"]["click"]["auc"] + r["test"]["quality"]["auc"]) / 2) for r in records)
+    assert (tmp_path / "auc_vs_flops_click.png").exists() and (tmp_path / "auc_vs_flops_quality.png").exists()
+    assert "test_click_auc" in (tmp_path / "results.csv").read_text().splitlines()[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import mldcn.data.synthetic as synthetic
 from mldcn.config import ConfigError
 from mldcn.data.synthetic import SyntheticClickLog, SyntheticConfig, make_synthetic
 from mldcn.features import CategoricalField, NumericField
-from mldcn.train.metrics import auc
+from mldcn.metrics import auc
 
 SMALL = SyntheticConfig(vocab_sizes=(3, 10, 40, 200), num_numeric=2, seed=7)
 
@@ -110,25 +111,61 @@ def test_make_synthetic_ceiling_is_recomputed_from_rows():
     categorical, numeric, prob, label = SyntheticClickLog(config).rows(4_000, 6_000)
     np.testing.assert_array_equal(data.test.categorical.numpy(), categorical)
     np.testing.assert_array_equal(data.test.numeric.numpy(), numeric)
-    np.testing.assert_array_equal(data.test.label.numpy(), label)
-    assert data.info["test_ceiling_auc"] == pytest.approx(roc_auc_score(label, prob), abs=1e-12)
-    assert data.info["test_ctr"] == pytest.approx(label.mean())
+    np.testing.assert_array_equal(data.test.labels.numpy(), label)
+    assert label.shape == prob.shape == (2_000, 1)
+    assert data.info["ceiling"]["test"]["click"]["auc"] == pytest.approx(roc_auc_score(label[:, 0], prob[:, 0]), abs=1e-12)
+    assert data.info["positive_rate"]["test"]["click"] == pytest.approx(label.mean())
     train_prob = SyntheticClickLog(config).rows(0, 3_000)[2]
-    assert data.info["train_ceiling_auc"] == pytest.approx(
-        roc_auc_score(data.train.label.numpy(), train_prob), abs=1e-12
+    assert data.info["ceiling"]["train"]["click"]["auc"] == pytest.approx(
+        roc_auc_score(data.train.labels.numpy()[:, 0], train_prob[:, 0]), abs=1e-12
     )
 
 
 def test_default_shape_has_a_useful_ceiling():
     config = SyntheticConfig(train_rows=1_000, valid_rows=1_000, test_rows=20_000)
     data = make_synthetic(config)
-    assert data.info["test_ceiling_auc"] > 0.7
-    assert data.info["test_ceiling_auc"] == pytest.approx(
-        auc(data.test.label.numpy(), SyntheticClickLog(config).rows(2_000, 22_000)[2]), abs=1e-12
+    ceiling = data.info["ceiling"]["test"]["click"]
+    assert ceiling["auc"] > 0.7
+    assert ceiling["auc"] == pytest.approx(
+        auc(data.test.labels.numpy()[:, 0], SyntheticClickLog(config).rows(2_000, 22_000)[2][:, 0]), abs=1e-12
     )
     # a model can only lose to the truth: the ceiling logloss beats the base rate's
-    rate = data.info["test_ctr"]
-    assert data.info["test_ceiling_logloss"] < -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    rate = data.info["positive_rate"]["test"]["click"]
+    assert ceiling["logloss"] < -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+
+
+TWO_TASKS = SyntheticConfig(
+    train_rows=1_000, valid_rows=1_000, test_rows=40_000, tasks=("click", "quality"), task_correlation=0.6,
+    task_rates=(0.3,), seed=4,
+)  # fmt: skip
+
+
+def test_a_second_task_leaves_the_first_as_it_was():
+    one = SyntheticClickLog(dataclasses.replace(TWO_TASKS, tasks=("click",), task_rates=())).rows(0, 5_000)
+    two = SyntheticClickLog(TWO_TASKS).rows(0, 5_000)
+    for a, b in zip(one[:2], two[:2]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one[2][:, 0], two[2][:, 0])  # the click probability
+    np.testing.assert_array_equal(one[3][:, 0], two[3][:, 0])  # and the click labels
+
+
+def test_tasks_share_structure_and_have_their_own_part():
+    log = SyntheticClickLog(TWO_TASKS)
+    categorical, numeric, prob, labels = log.rows(0, 65_536)
+    logit = np.log(prob / (1 - prob))
+    correlation = np.corrcoef(logit.T)[0, 1]
+    assert correlation == pytest.approx(0.6, abs=0.05)  # the shared part, as asked
+    tolerance = 5 * prob[:, 1].std() * math.sqrt(2 / len(prob))
+    assert abs(prob[:, 1].mean() - 0.3) < tolerance  # the quality task's rate
+    assert abs(labels[:, 1].mean() - 0.3) < 0.01
+    data = make_synthetic(TWO_TASKS)
+    assert data.features.task_names == ("click", "quality")
+    for task in ("click", "quality"):  # each task's ceiling, from its own true probabilities
+        assert 0.7 < data.info["ceiling"]["test"][task]["auc"] < 1.0
+    # a task's truth predicts the other task worse than it predicts its own
+    test_labels = data.test.labels.numpy()
+    test_prob = log.rows(2_000, 42_000)[2]
+    assert auc(test_labels[:, 1], test_prob[:, 0]) < data.info["ceiling"]["test"]["quality"]["auc"] - 0.05
 
 
 def test_features_match_the_config():

@@ -13,13 +13,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-import mldcn.train.loop as loop
+import mldcn.train.optim as optim
 from mldcn.config import ConfigError, load_yaml
-from mldcn.data.dataset import TabularSplit
+from mldcn.batch import Batch
 from mldcn.data.synthetic import SyntheticConfig, make_synthetic
 from mldcn.models import HeadConfig, create_model, get_preset
 from mldcn.train.loop import TrainConfig, evaluate, fit, seed_everything
-from mldcn.train.run import DataConfig, RunConfig, run, run_config_from_dict
+from mldcn.data.source import DataConfig
+from mldcn.train.run import RunConfig, run, run_config_from_dict
 
 DATA = SyntheticConfig(
     train_rows=20_000,
@@ -39,6 +40,7 @@ SMALL_MLDCN = (
 # Adam 3e-3 in batches of 512 (40 steps an epoch) learns this data in a few epochs
 FAST = TrainConfig(epochs=3, batch_size=512, lr=3e-3, progress=False, seed=0, precision="fp32")
 TIMING_KEYS = {"train_seconds", "eval_seconds", "train_examples_per_second"}
+CLICK = "click"  # the synthetic log's one task
 
 
 
@@ -51,14 +53,14 @@ def data():
 def built_optimizers(monkeypatch) -> list[torch.optim.Optimizer]:
     """The optimisers the next ``fit`` builds (to inspect their final learning rates)."""
     built = []
-    build = loop.build_optimizers
+    build = optim.build_optimizers
 
     def capture(model, config):
         optimizers = build(model, config)
         built.extend(optimizers)
         return optimizers
 
-    monkeypatch.setattr(loop, "build_optimizers", capture)
+    monkeypatch.setattr(optim, "build_optimizers", capture)
     return built
 
 
@@ -71,10 +73,10 @@ def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in history]
 
 
-def with_shuffled_labels(split: TabularSplit, seed: int = 0) -> TabularSplit:
+def with_shuffled_labels(split: Batch, seed: int = 0) -> Batch:
     """The same rows with the labels permuted: validation metrics become pure noise."""
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    return TabularSplit(split.categorical, split.numeric, split.label[order])
+    return Batch(split.categorical, split.numeric, labels=split.labels[order])
 
 
 def test_training_loss_goes_down(data):
@@ -84,9 +86,9 @@ def test_training_loss_goes_down(data):
     losses = [record["train_loss"] for record in result.history]
     assert len(losses) == 3
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
-    after = evaluate(model, data.valid)
-    assert after["logloss"] < before["logloss"] - 0.05
-    assert after["auc"] > 0.65 > before["auc"]
+    after = evaluate(model, data.valid)[CLICK]
+    assert after["logloss"] < before[CLICK]["logloss"] - 0.05
+    assert after["auc"] > 0.65 > before[CLICK]["auc"]
     assert result.train_examples == 3 * len(data.train)
     assert [record["epoch"] for record in result.history] == [1, 2, 3]
 
@@ -124,8 +126,7 @@ def test_early_stopping_decays_lr_and_restores_the_best_weights(data, built_opti
     # the weights are those of the best epoch, not of the last one
     restored = evaluate(model, noise)
     assert restored == result.best_valid
-    last = {k.removeprefix("valid_"): v for k, v in result.history[-1].items() if k.startswith("valid_")}
-    assert restored != last
+    assert restored != result.history[-1]["valid"]
 
 
 def test_lr_follows_the_plateaus(data):
@@ -181,8 +182,8 @@ def test_separate_embedding_optimizers_train(data, embedding_optimizer, built_op
     assert model.embedding.sparse == (embedding_optimizer != "adam")
     losses = [r["train_loss"] for r in result.history]
     assert losses[1] < losses[0]
-    after = evaluate(model, data.valid)
-    assert after["logloss"] < before["logloss"] and after["auc"] > 0.65
+    after = evaluate(model, data.valid)[CLICK]
+    assert after["logloss"] < before[CLICK]["logloss"] and after["auc"] > 0.65
 
 
 @pytest.mark.parametrize(
@@ -243,8 +244,8 @@ def test_mldcn_clearly_beats_logistic_regression():
     ]:
         model = new_model(data.features, model_config)
         fit(model, data.train, data.valid, config)
-        scores[name] = evaluate(model, data.test)["auc"]
-    ceiling = data.info["test_ceiling_auc"]
+        scores[name] = evaluate(model, data.test)[CLICK]["auc"]
+    ceiling = data.info["ceiling"]["test"][CLICK]["auc"]
     assert scores["mldcn"] >= scores["lr"] + MIN_MARGIN, scores
     # no model beats the true probabilities beyond sampling noise (10k rows: ~0.005)
     assert scores["mldcn"] < ceiling + 0.01, (scores, ceiling)
@@ -268,7 +269,8 @@ def test_run_writes_a_reproducible_run_directory(tmp_path):
     assert summary["family"] == "mldcn"
     assert summary["cost"]["interaction_flops"] > 0
     assert summary["data"]["source"] == "synthetic"
-    assert summary["data"]["test_ceiling_auc"] > outcome.test["auc"] - 0.02  # the truth is the ceiling
-    assert 0.5 < outcome.test["auc"] <= 1.0 and math.isfinite(outcome.test["logloss"])
+    test = outcome.test[CLICK]
+    assert summary["data"]["ceiling"]["test"][CLICK]["auc"] > test["auc"] - 0.02  # the truth is the ceiling
+    assert 0.5 < test["auc"] <= 1.0 and math.isfinite(test["logloss"])
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert state.keys() == outcome.model.state_dict().keys()

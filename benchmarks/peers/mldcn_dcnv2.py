@@ -60,9 +60,10 @@ def main() -> None:
     step_seconds = sum(h["train_seconds"] for h in result.history)
 
     start = time.perf_counter()
-    valid = evaluate(model, dataset.valid, precision=args.precision)
+    task = dataset.features.task_names[0]  # Frappe's one task
+    valid = evaluate(model, dataset.valid, precision=args.precision)[task]
     eval_seconds = time.perf_counter() - start
-    test = evaluate(model, dataset.test, precision=args.precision)
+    test = evaluate(model, dataset.test, precision=args.precision)[task]
     start = time.perf_counter()
     probabilities = predict(model, dataset.test, precision=args.precision)
     predict_seconds = time.perf_counter() - start

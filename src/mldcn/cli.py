@@ -114,13 +114,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if not distributed.context().is_main:
         return 0
+    from mldcn.serve.artifact import save_run_artifact
+
+    save_run_artifact(result, out / "model")
     print(f"run directory: {out}")
     print(
         f"best epoch {result.fit.best_epoch}/{len(result.fit.history)}  "
-        f"test AUC {result.test['auc']:.4f}  logloss {result.test['logloss']:.4f}  "
-        f"NE {result.test['ne']:.4f}  calibration {result.test['calibration']:.3f}  "
         f"train {result.fit.train_examples_per_second:,.0f} ex/s"
     )
+    for task, m in result.test.items():
+        gauc = f"  gAUC {m['gauc']:.4f}" if "gauc" in m else ""
+        print(
+            f"  {task}: test AUC {m['auc']:.4f}{gauc}  logloss {m['logloss']:.4f}  "
+            f"NE {m['ne']:.4f}  calibration {m['calibration']:.3f}"
+        )
     return 0
 
 
@@ -221,7 +228,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"  skipped line {bad['line']}: {bad['reason']}")
         if entry["rows_skipped"] > 5:
             print(f"  ... and {entry['rows_skipped'] - 5:,} more (all listed up to 20 in feature_map.json)")
-    splits = ", ".join(f"{name} {v['rows']:,} ({v['positives'] / max(v['rows'], 1):.1%} positive)" for name, v in report["splits"].items())
+    def rates(v: dict) -> str:
+        return ", ".join(f"{task} {count / max(v['rows'], 1):.1%}" for task, count in v["positives"].items())
+
+    splits = "; ".join(f"{name} {v['rows']:,} (positive: {rates(v)})" for name, v in report["splits"].items())
     print(f"splits: {splits}")
     print(f"{report['rows_read']:,} rows in {report['seconds']:.2f} s ({report['rows_per_second']:,.0f} rows/s) -> {args.out}")
     return 0

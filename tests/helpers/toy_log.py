@@ -16,7 +16,9 @@ from mldcn.data.prepare import prepare
 from mldcn.data.schema import load_schema
 from mldcn.models import HeadConfig, get_preset
 from mldcn.train.loop import TrainConfig
-from mldcn.train.run import DataConfig, RunConfig, run
+from mldcn.data.source import DataConfig
+from mldcn.serve.artifact import save_run_artifact
+from mldcn.train.run import RunConfig, run
 
 SCHEMA = """\
 name: toy
@@ -77,5 +79,5 @@ def make_toy_data(directory: Path) -> dict[str, Path]:
 def train_toy(directory: Path, data: dict[str, Path], model=TINY_MODEL) -> Path:
     """Train one epoch on the prepared toy data; the run directory (its artifact is ``run/model``)."""
     config = RunConfig(model=model, data=DataConfig(source="prepared", path=str(data["prepared"])), train=TINY_TRAIN)
-    run(config, directory)
+    save_run_artifact(run(config, directory))  # as `mldcn train` does
     return directory

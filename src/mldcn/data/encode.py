@@ -19,11 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mldcn.batch import Batch
 from mldcn.data.readers import as_float, as_string
 from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn, SequenceColumn, schema_from_dict
-from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField
+from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField, TaskSpec
 
-FORMAT_VERSION = 1
+#: 2: labels.bin [N, T], one column per task (was label.bin [N])
+FORMAT_VERSION = 2
 _COMPACT_PARTS = 2  # merge the partial vocabulary counts of this many chunks
 _BUCKET_SAMPLE = 1_000_000
 
@@ -194,15 +196,6 @@ def _column(schema: DataSchema, name: str):
 
 
 @dataclass
-class Encoded:
-    """Model-ready arrays of a chunk."""
-
-    categorical: np.ndarray  # int32 [n, Fc]
-    numeric: np.ndarray  # float32 [n, Fn]
-    sequence: np.ndarray | None  # int32 [n, Fs, L]
-
-
-@dataclass
 class Encoder:
     """Fitted preprocessing: vocabularies, numeric statistics and bucket boundaries."""
 
@@ -231,10 +224,12 @@ class Encoder:
             sequence=tuple(
                 SequenceField(c.name, self.vocab_size(c.name), c.max_len) for c in schema.sequence
             ),
+            tasks=tuple(TaskSpec(label.name, label.weight) for label in schema.labels),
         )
 
-    def encode(self, columns: dict[str, pa.Array]) -> Encoded:
-        """Raw columns (as read) → model input arrays; unknown values get the OOV id."""
+    def encode(self, columns: dict[str, pa.Array], labels: np.ndarray | None = None) -> Batch:
+        """Raw columns (as read) → model inputs (``labels [n, T]`` attached if given);
+        unknown values get the OOV id."""
         schema = self.schema
         n = len(next(iter(columns.values())))
         categorical = np.zeros((n, len(schema.categorical)), dtype=np.int32)
@@ -271,7 +266,7 @@ class Encoder:
                 position = np.arange(parent.size) - starts[parent]
                 keep = position < col.max_len
                 sequence[parent[keep], j, position[keep]] = ids[keep]
-        return Encoded(categorical, numeric, sequence)
+        return Batch.from_numpy(categorical, numeric, sequence, labels)
 
     # ------------------------------------------------------------------ persistence
 
@@ -300,7 +295,9 @@ class Encoder:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Encoder":
-        feature_map = read_feature_map(directory)
+        """The fitted preprocessing of a prepared directory or an artifact (either format
+        version: version 2 changed the label arrays, not the preprocessing)."""
+        feature_map = read_feature_map(directory, versions=(1, FORMAT_VERSION))
         directory = Path(directory)
         schema = schema_from_dict(feature_map["schema"], where=f"{directory}/feature_map.json schema")
         vocabularies = {}
@@ -313,7 +310,8 @@ class Encoder:
         return cls(schema, vocabularies, feature_map["numeric_stats"], boundaries, feature_map["train_rows"])
 
 
-def read_feature_map(directory: str | Path) -> dict:
+def read_feature_map(directory: str | Path, versions: tuple[int, ...] = (FORMAT_VERSION,)) -> dict:
+    """``feature_map.json`` of ``directory``, refused unless its format version is in ``versions``."""
     path = Path(directory) / "feature_map.json"
     if not path.exists():
         raise FeatureMapError(f"{path}: not found (is {directory} a directory written by `mldcn prepare`?)")
@@ -322,7 +320,7 @@ def read_feature_map(directory: str | Path) -> dict:
     except json.JSONDecodeError as error:
         raise FeatureMapError(f"{path}: not valid JSON ({error})") from None
     version = feature_map.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in versions:
         raise FeatureMapError(
             f"{path}: format version {version!r}, this mldcn reads version {FORMAT_VERSION}; "
             "prepare the data again"

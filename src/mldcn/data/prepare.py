@@ -8,7 +8,7 @@ chunk, to raw little-endian arrays:
     <out>/vocab/<field>.parquet     vocabulary of each categorical / multi-valued field
     <out>/<split>/categorical.bin   int32   [N, Fc]
     <out>/<split>/numeric.bin       float32 [N, Fn]
-    <out>/<split>/label.bin         float32 [N]
+    <out>/<split>/labels.bin        float32 [N, T]       (one column per label / task)
     <out>/<split>/sequence.bin      int32   [N, Fs, L]   (with multi-valued fields)
 
 Memory is bounded by the chunk size plus the vocabularies, whatever the file size.
@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from mldcn.config import Config, ConfigError, to_dict
 from mldcn.data.encode import FORMAT_VERSION, Encoder, Fitter, read_feature_map
@@ -71,23 +72,23 @@ class SplitConfig(Config):
 
 
 class _SplitWriter:
-    """Appends encoded chunks of one split to its raw arrays."""
+    """Appends encoded chunks (:class:`~mldcn.batch.Batch`) of one split to its raw arrays."""
 
-    def __init__(self, directory: Path, has_sequence: bool) -> None:
+    def __init__(self, directory: Path, has_sequence: bool, num_tasks: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        names = ["categorical", "numeric", "label"] + (["sequence"] if has_sequence else [])
+        names = ["categorical", "numeric", "labels"] + (["sequence"] if has_sequence else [])
         self.files = {name: open(directory / f"{name}.bin", "wb") for name in names}
         self.rows = 0
-        self.positives = 0
+        self.positives = np.zeros(num_tasks, dtype=np.int64)  # per task
 
-    def write(self, categorical, numeric, label, sequence) -> None:
-        np.ascontiguousarray(categorical, dtype="<i4").tofile(self.files["categorical"])
-        np.ascontiguousarray(numeric, dtype="<f4").tofile(self.files["numeric"])
-        np.ascontiguousarray(label, dtype="<f4").tofile(self.files["label"])
-        if sequence is not None:
-            np.ascontiguousarray(sequence, dtype="<i4").tofile(self.files["sequence"])
-        self.rows += len(label)
-        self.positives += int(label.sum())
+    def write(self, batch) -> None:
+        np.ascontiguousarray(batch.categorical.numpy(), dtype="<i4").tofile(self.files["categorical"])
+        np.ascontiguousarray(batch.numeric.numpy(), dtype="<f4").tofile(self.files["numeric"])
+        np.ascontiguousarray(batch.labels.numpy(), dtype="<f4").tofile(self.files["labels"])
+        if batch.sequence is not None:
+            np.ascontiguousarray(batch.sequence.numpy(), dtype="<i4").tofile(self.files["sequence"])
+        self.rows += len(batch)
+        self.positives += batch.labels.numpy().sum(axis=0).astype(np.int64)
 
     def close(self) -> None:
         for f in self.files.values():
@@ -133,7 +134,7 @@ def _is_number(text: str) -> bool:
 
 def _take(chunk: RawChunk, mask: np.ndarray) -> RawChunk:
     keep = pa.array(mask)
-    return RawChunk({k: pc.filter(v, keep) for k, v in chunk.columns.items()}, chunk.lines[mask], chunk.label[mask])
+    return RawChunk({k: pc.filter(v, keep) for k, v in chunk.columns.items()}, chunk.lines[mask], chunk.labels[mask])
 
 
 def _fingerprint(schema: DataSchema, split: SplitConfig, inputs: dict, on_bad_rows: str) -> str:
@@ -234,7 +235,7 @@ def prepare(
 
     # pass 2: encode every split
     has_sequence = bool(schema.sequence)
-    writers = {name: _SplitWriter(out_dir / name, has_sequence) for name in SPLITS}
+    writers = {name: _SplitWriter(out_dir / name, has_sequence, len(schema.labels)) for name in SPLITS}
     stats_list = []
     try:
         for role, path in inputs.items():
@@ -242,20 +243,15 @@ def prepare(
             stats = ReadStats(str(path))
             stats_list.append(stats)
             for chunk in chunks(path, stats):
-                encoded = encoder.encode(chunk.columns)
+                encoded = encoder.encode(chunk.columns, chunk.labels)
                 if role != "input":
-                    writers[role].write(encoded.categorical, encoded.numeric, chunk.label, encoded.sequence)
+                    writers[role].write(encoded)
                     continue
-                route = _route(chunk, split)
+                route = torch.from_numpy(_route(chunk, split))
                 for index, name in enumerate(SPLITS):
                     mask = route == index
                     if mask.any():
-                        writers[name].write(
-                            encoded.categorical[mask],
-                            encoded.numeric[mask],
-                            chunk.label[mask],
-                            None if encoded.sequence is None else encoded.sequence[mask],
-                        )
+                        writers[name].write(encoded.take(mask))
     finally:
         for writer in writers.values():
             writer.close()
@@ -272,7 +268,10 @@ def prepare(
         "rows_read": rows_read,
         "rows_written": rows_written,
         "rows_skipped": rows_skipped,
-        "splits": {name: {"rows": w.rows, "positives": w.positives} for name, w in writers.items()},
+        "splits": {
+            name: {"rows": w.rows, "positives": dict(zip(encoder.features.task_names, w.positives.tolist()))}
+            for name, w in writers.items()
+        },
         "inputs": [s.to_dict() for s in stats_list],
         "fit_seconds": fit_seconds,
         "seconds": seconds,

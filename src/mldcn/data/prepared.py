@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mldcn.data.dataset import Dataset, TabularSplit
+from mldcn.batch import Batch
+from mldcn.data.dataset import Dataset, positive_rates
 from mldcn.data.encode import FeatureMapError, read_feature_map
 from mldcn.data.prepare import SPLITS
 from mldcn.features import FeatureSpec
@@ -37,7 +38,7 @@ def _array(path: Path, dtype: str, shape: tuple[int, ...], mmap: bool) -> torch.
     return torch.from_numpy(array)
 
 
-def load_split(directory: str | Path, split: str, mmap: bool = False) -> TabularSplit:
+def load_split(directory: str | Path, split: str, mmap: bool = False) -> Batch:
     directory = Path(directory)
     feature_map = read_feature_map(directory)
     features = FeatureSpec.from_dict(feature_map["features"])
@@ -47,11 +48,11 @@ def load_split(directory: str | Path, split: str, mmap: bool = False) -> Tabular
     if features.sequence:
         shape = (rows, len(features.sequence), features.sequence_length)
         sequence = _array(base / "sequence.bin", "<i4", shape, mmap)
-    return TabularSplit(
+    return Batch(
         categorical=_array(base / "categorical.bin", "<i4", (rows, len(features.categorical)), mmap),
         numeric=_array(base / "numeric.bin", "<f4", (rows, len(features.numeric)), mmap),
-        label=_array(base / "label.bin", "<f4", (rows,), mmap),
         sequence=sequence,
+        labels=_array(base / "labels.bin", "<f4", (rows, features.num_tasks), mmap),
     )
 
 
@@ -65,6 +66,6 @@ def load_prepared(directory: str | Path, mmap: bool = False) -> Dataset:
         "source": str(directory),
         "schema": feature_map["schema"]["name"],
         **{f"{name}_rows": feature_map["rows"][name] for name in SPLITS},
-        **{f"{name}_ctr": float(split.label.float().mean()) for name, split in splits.items()},
+        "positive_rate": positive_rates(splits, features),
     }
     return Dataset(features, splits["train"], splits["valid"], splits["test"], info)

@@ -77,7 +77,7 @@ class RawChunk:
 
     columns: dict[str, pa.Array]
     lines: np.ndarray
-    label: np.ndarray  # float32 in {0, 1} (NaN when read with require_label=False)
+    labels: np.ndarray  # float32 [n, T] in {0, 1}, one column per label (NaN when read with require_label=False)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -120,7 +120,7 @@ def read_chunks(
 
 
 def _feature_columns(schema: DataSchema) -> list[str]:
-    """The raw columns the features read, each once (the label only if a feature reads it)."""
+    """The raw columns the features read, each once (no label column: a label is never a feature)."""
     columns: list[str] = []
     for col in (*schema.categorical, *schema.numeric, *schema.sequence):
         if col.column not in columns:
@@ -144,7 +144,7 @@ def _csv_batches(
     """
     libfm = schema.format == "libfm"
     if libfm:
-        names = [schema.label.name] + [c.column for c in schema.categorical]
+        names = [schema.labels[0].column] + [c.column for c in schema.categorical]
         header, delimiter = False, " "
     else:
         names = list(schema.column_names) if not schema.header else None
@@ -289,21 +289,28 @@ def _validate(
             reasons.append((mask.copy(), reason))
             bad[:] |= mask
 
-    # label
+    # labels: one column per task
     if require_label:
-        label_raw = columns[schema.label.name]
-        label_null = _is_null(label_raw)
-        flag(label_null, lambda i: f"field {schema.label.name!r}: missing label")
-        label_value, label_numeric = _as_float(label_raw)
-        flag(~label_numeric & ~label_null, lambda i: f"field {schema.label.name!r}: label {_show(label_raw, i)} is not a number")
-        if schema.label.threshold is None:
-            binary = (label_value == 0) | (label_value == 1)
-            flag(~binary & label_numeric, lambda i: f"field {schema.label.name!r}: label must be 0 or 1, got {_show(label_raw, i)}")
-            label = label_value
-        else:
-            label = (label_value > schema.label.threshold).astype(np.float64)
+        labels = np.zeros((n, len(schema.labels)), dtype=np.float64)
+        for t, spec in enumerate(schema.labels):
+            raw = columns[spec.column]
+            null = _is_null(raw)
+            flag(null, lambda i, spec=spec: f"field {spec.column!r}: missing label {spec.name!r}")
+            if spec.is_text_rule:
+                text = pc.cast(raw, pa.string()) if not pa.types.is_string(raw.type) else raw
+                allowed = [spec.equals] if spec.equals is not None else list(spec.in_)
+                labels[:, t] = np.asarray(pc.fill_null(pc.is_in(text, value_set=pa.array(allowed, pa.string())), False))
+                continue
+            value, numeric = _as_float(raw)
+            flag(~numeric & ~null, lambda i, spec=spec, raw=raw: f"field {spec.column!r}: label {_show(raw, i)} is not a number")
+            if spec.threshold is None:
+                binary = (value == 0) | (value == 1)
+                flag(~binary & numeric, lambda i, spec=spec, raw=raw: f"field {spec.column!r}: label must be 0 or 1, got {_show(raw, i)}")
+                labels[:, t] = np.where(binary, value, 0.0)
+            else:
+                labels[:, t] = value > spec.threshold
     else:
-        label = np.full(n, np.nan)
+        labels = np.full((n, len(schema.labels)), np.nan)
 
     # numeric sources
     numeric_sources = {c.column for c in schema.numeric}
@@ -333,9 +340,9 @@ def _validate(
         keep = ~bad
         keep_arrow = pa.array(keep)
         columns = {k: pc.filter(v, keep_arrow) for k, v in columns.items()}
-        lines, label = lines[keep], label[keep]
+        lines, labels = lines[keep], labels[keep]
     stats.rows_kept += len(lines)
-    return RawChunk(columns, lines, label.astype(np.float32))
+    return RawChunk(columns, lines, labels.astype(np.float32))
 
 
 def _is_null(array: pa.Array) -> np.ndarray:

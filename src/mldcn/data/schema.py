@@ -17,7 +17,8 @@ Ids written by ``mldcn prepare``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -108,15 +109,59 @@ class SequenceColumn(Config):
 
 @dataclass(frozen=True)
 class LabelColumn(Config):
-    """The click label.
+    """A label: one task of the model (click, good click, conversion ...).
 
-    Without ``threshold`` the raw value must be 0 or 1. With it, the raw value must
-    be a number and the label is ``value > threshold`` (ratings: threshold 3;
-    libfm's ±1 labels: threshold 0).
+    The rule that turns the raw value into 0/1 is one of:
+
+    * none: the raw value must be 0 or 1;
+    * ``threshold``: the raw value must be a number; the label is ``value > threshold``
+      (ratings: threshold 3; libfm's ±1 labels: threshold 0);
+    * ``equals``: the label is ``value == equals`` (as text, e.g. ``">50K"``);
+    * ``in`` (``in_`` in Python): the label is ``value in [...]``.
+
+    A missing value, or a value the rule cannot read, makes the row a bad row.
+
+    Attributes:
+        name: the task's name (and the raw column, unless ``source`` is given).
+        source: the raw column it is read from (default: ``name``).
+        weight: the task's weight in the training loss.
     """
 
     name: str = "label"
+    source: str | None = None
     threshold: float | None = None
+    equals: str | None = None
+    in_: tuple[str, ...] | None = None
+    weight: float = 1.0
+
+    _non_negative = ("weight",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        rules = [r for r in ("threshold", "equals", "in_") if getattr(self, r) is not None]
+        if len(rules) > 1:
+            raise ConfigError(f"label {self.name!r}: give one rule of threshold, equals and in, not {rules}")
+
+    @property
+    def column(self) -> str:
+        return self.source or self.name
+
+    @property
+    def is_text_rule(self) -> bool:
+        """``equals`` / ``in``: any present value is valid, matched as text."""
+        return self.equals is not None or self.in_ is not None
+
+    def to_dict(self) -> dict:
+        data = to_dict(self)
+        data["in"] = data.pop("in_")
+        return data
+
+
+def label_from_dict(data: dict, where: str) -> LabelColumn:
+    """A label mapping (``in`` is spelled ``in_`` in Python) → :class:`LabelColumn`."""
+    if isinstance(data, dict) and "in" in data:
+        data = {**{k: v for k, v in data.items() if k != "in"}, "in_": data["in"]}
+    return from_dict(LabelColumn, data, where)
 
 
 @dataclass(frozen=True)
@@ -130,7 +175,9 @@ class DataSchema(Config):
         delimiter: field separator for ``csv`` (``"\\t"`` for TSV).
         header: the first line names the columns.
         column_names: the columns, when there is no header.
-        label: the label column.
+        labels: the labels, one per task (a data set with one label: one task).
+            The single-label form ``label: {...}`` is read as ``labels: [{...}]``;
+            without either the label is the column ``label``.
         categorical / numeric / sequence: the features.
         min_count: default vocabulary threshold of categorical and multi-valued columns.
     """
@@ -140,7 +187,7 @@ class DataSchema(Config):
     delimiter: str = ","
     header: bool = True
     column_names: tuple[str, ...] = ()
-    label: LabelColumn = field(default_factory=LabelColumn)
+    labels: tuple[LabelColumn, ...] = (LabelColumn(),)
     categorical: tuple[CategoricalColumn, ...] = ()
     numeric: tuple[NumericColumn, ...] = ()
     sequence: tuple[SequenceColumn, ...] = ()
@@ -160,10 +207,29 @@ class DataSchema(Config):
             raise ConfigError(f"schema {self.name!r}: a CSV without header needs column_names")
         if len(self.delimiter) != 1:
             raise ConfigError(f"schema {self.name!r}: delimiter must be one character, got {self.delimiter!r}")
+        if not self.labels:
+            raise ConfigError(f"schema {self.name!r} declares no labels")
+        tasks = [label.name for label in self.labels]
+        if len(set(tasks)) != len(tasks):
+            raise ConfigError(f"schema {self.name!r}: duplicate label names {sorted({t for t in tasks if tasks.count(t) > 1})}")
+        features = {col.column: col.name for col in (*self.categorical, *self.numeric, *self.sequence)}
+        for label in self.labels:
+            if label.column in features:
+                raise ConfigError(
+                    f"schema {self.name!r}: column {label.column!r} is label {label.name!r} and also feature "
+                    f"{features[label.column]!r}; a label must not be a feature (drop the feature)"
+                )
+        if self.format == "libfm" and len(self.labels) != 1:
+            raise ConfigError(f"schema {self.name!r}: a libfm file has one label, the schema declares {len(self.labels)}")
+
+    @property
+    def label_columns(self) -> list[str]:
+        """The raw columns the labels read, each once, in label order."""
+        return list(dict.fromkeys(label.column for label in self.labels))
 
     def raw_columns(self) -> list[str]:
-        """The raw columns this schema reads, label first, each once."""
-        columns = [self.label.name]
+        """The raw columns this schema reads, labels first, each once."""
+        columns = self.label_columns
         for col in (*self.categorical, *self.numeric, *self.sequence):
             if col.column not in columns:
                 columns.append(col.column)
@@ -173,10 +239,24 @@ class DataSchema(Config):
         return column.min_count if column.min_count is not None else self.min_count
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        return {**to_dict(self), "labels": [label.to_dict() for label in self.labels]}
 
 
 def schema_from_dict(data: dict, where: str = "schema") -> DataSchema:
+    """Validate a schema mapping; ``label: {...}`` (one label) is the same as ``labels: [{...}]``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    data = dict(data)
+    if "label" in data and "labels" in data:
+        raise ConfigError(f"{where}: give `label` (one) or `labels` (a list), not both")
+    if "label" in data:
+        data["labels"] = [data.pop("label")]
+    if "labels" in data:
+        labels = data.pop("labels")
+        if not isinstance(labels, list) or not labels:
+            raise ConfigError(f"{where}.labels: expected a non-empty list of label mappings")
+        parsed = tuple(label_from_dict(label, f"{where}.labels[{i}]") for i, label in enumerate(labels))
+        return dataclasses.replace(from_dict(DataSchema, data, where), labels=parsed)
     return from_dict(DataSchema, data, where)
 
 

@@ -19,6 +19,22 @@ per example, which is what ML-DCN's instance-conditioned mask is for. Each
 component is scaled to the given standard deviation (α), and the bias is solved
 so the mean click probability equals ``base_ctr``.
 
+Several tasks (``tasks``, e.g. a click and a click-quality label): the first
+task's logit is the one above; task t > 0 has a part shared with it and a part
+of its own,
+
+    logit_t = bias_t + ρ · z_0 + sqrt(1 − ρ²) · (σ_0 / σ_t) · z_t
+
+where z_0 is the first task's logit without its bias (std σ_0), z_t a logit of
+the same form over the same latent vectors u_f but with its own terms (own
+first-order weights, own pairs, triples and gated triples; std σ_t), and ρ =
+``task_correlation`` the correlation of the two logits. So the tasks share latent
+structure and each has a part of its own; every task's ceiling is reported.
+
+This log plants instance-gated interactions, the structure ML-DCN's mask and
+MaskNet model, so it favours those families by construction: it is the
+embedded default and the tests' data, not a neutral benchmark.
+
 Categorical ids follow a Zipf law per field. Rows are generated in fixed chunks
 with a generator seeded by (seed, chunk), so any row range is reproducible
 without generating what comes before it, and memory stays bounded for any size.
@@ -27,15 +43,16 @@ without generating what comes before it, and memory stays bounded for any size.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mldcn.config import Config
-from mldcn.data.dataset import Dataset, TabularSplit
-from mldcn.features import CategoricalField, FeatureSpec, NumericField
-from mldcn.train.metrics import auc, logloss
+from mldcn.batch import Batch
+from mldcn.config import Config, ConfigError
+from mldcn.data.dataset import Dataset, positive_rates
+from mldcn.features import CategoricalField, FeatureSpec, NumericField, TaskSpec
+from mldcn.metrics import auc, logloss
 
 CHUNK_ROWS = 65_536
 _CALIBRATION_ROWS = 65_536
@@ -67,6 +84,9 @@ class SyntheticConfig(Config):
     num_pairs: int = 8
     num_triples: int = 4
     num_gated: int = 6
+    tasks: tuple[str, ...] = ("click",)
+    task_correlation: float = 0.5
+    task_rates: tuple[float, ...] = ()
 
     _positive = ("train_rows", "valid_rows", "test_rows", "vocab_sizes", "latent_dim")
     _non_negative = (
@@ -86,6 +106,32 @@ class SyntheticConfig(Config):
             raise ValueError(f"base_ctr must be in (0, 1), got {self.base_ctr}")
         if len(self.vocab_sizes) + self.num_numeric < 3:
             raise ValueError("the synthetic log needs at least 3 fields")
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"SyntheticConfig.tasks must be distinct names, got {list(self.tasks)}")
+        if not -1.0 <= self.task_correlation <= 1.0:
+            raise ConfigError(f"SyntheticConfig.task_correlation must be in [-1, 1], got {self.task_correlation}")
+        if self.task_rates and len(self.task_rates) != len(self.tasks) - 1:
+            raise ConfigError(
+                f"SyntheticConfig.task_rates gives the positive rate of each task after the first: "
+                f"{len(self.tasks) - 1} values, got {len(self.task_rates)}"
+            )
+        if any(not 0.0 < r < 1.0 for r in self.task_rates):
+            raise ConfigError(f"SyntheticConfig.task_rates must be in (0, 1), got {list(self.task_rates)}")
+
+
+@dataclass
+class _Terms:
+    """One task's logit terms over the shared latent vectors (first order, pairs, triples, gated)."""
+
+    first_order: list[np.ndarray]
+    numeric_first: np.ndarray
+    pairs: np.ndarray
+    pair_dirs: np.ndarray
+    triples: np.ndarray
+    triple_dirs: np.ndarray
+    gated: np.ndarray
+    gated_dirs: np.ndarray
+    scales: list[float] = field(default_factory=list)
 
 
 class SyntheticClickLog:
@@ -94,16 +140,15 @@ class SyntheticClickLog:
     Example:
         >>> log = SyntheticClickLog(SyntheticConfig(vocab_sizes=(10, 20, 30), num_numeric=1))
         >>> categorical, numeric, prob, label = log.rows(0, 5)
-        >>> categorical.shape, numeric.shape, prob.shape
-        ((5, 3), (5, 1), (5,))
+        >>> categorical.shape, numeric.shape, prob.shape, label.shape
+        ((5, 3), (5, 1), (5, 1), (5, 1))
     """
 
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
         rng = np.random.default_rng([config.seed, 0])
         k = config.latent_dim
-        num_cat = len(config.vocab_sizes)
-        self.num_fields = num_cat + config.num_numeric
+        self.num_fields = len(config.vocab_sizes) + config.num_numeric
 
         # Zipf frequencies per field, over a random permutation of the ids.
         self._cdfs = []
@@ -115,8 +160,24 @@ class SyntheticClickLog:
 
         self._tables = [rng.normal(0.0, 1.0, (size, k)) for size in config.vocab_sizes]
         self._numeric_latent = rng.normal(0.0, 1.0, (config.num_numeric, k))
-        self._first_order = [rng.normal(0.0, 1.0, size) for size in config.vocab_sizes]
-        self._numeric_first = rng.normal(0.0, 1.0, config.num_numeric)
+        # the first task's terms continue the same stream; each further task draws its own
+        self._terms = [self._draw_terms(rng)]
+        self._terms += [self._draw_terms(np.random.default_rng([config.seed, 10, t])) for t in range(1, len(config.tasks))]
+
+        # Scale each component to its target std and solve the biases, on a fixed sample.
+        sample = self._draw(np.random.default_rng([config.seed, 1]), _CALIBRATION_ROWS)
+        targets = [config.first_order, config.pairwise, config.higher_order, config.gated]
+        for terms in self._terms:
+            parts = self._components(*sample, terms)
+            terms.scales = [t / part.std() if part.std() > 0 else 0.0 for t, part in zip(targets, parts)]
+        logits = [self._logit(*sample, terms) for terms in self._terms]
+        self._spread = [float(z.std()) if z.std() > 0 else 1.0 for z in logits]
+        mixed = self._mix(logits)
+        rates = (config.base_ctr, *(config.task_rates or (config.base_ctr,) * (len(config.tasks) - 1)))
+        self._biases = [_solve_bias(z, rate) for z, rate in zip(mixed, rates)]
+
+    def _draw_terms(self, rng: np.random.Generator) -> _Terms:
+        config, k = self.config, self.config.latent_dim
 
         def fields(count: int, arity: int) -> np.ndarray:
             return np.stack([rng.choice(self.num_fields, arity, replace=False) for _ in range(count)])
@@ -124,17 +185,12 @@ class SyntheticClickLog:
         def directions(count: int, arity: int) -> np.ndarray:
             return rng.normal(0.0, 1.0, (count, arity, k)) / np.sqrt(k)
 
-        self._pairs, self._pair_dirs = fields(config.num_pairs, 2), directions(config.num_pairs, 2)
-        self._triples, self._triple_dirs = fields(config.num_triples, 3), directions(config.num_triples, 3)
-        self._gated, self._gated_dirs = fields(config.num_gated, 3), directions(config.num_gated, 3)
-
-        # Scale each component to its target std and solve the bias, on a fixed sample.
-        sample = self._draw(np.random.default_rng([config.seed, 1]), _CALIBRATION_ROWS)
-        parts = self._components(*sample)
-        targets = [config.first_order, config.pairwise, config.higher_order, config.gated]
-        self._scales = [t / part.std() if part.std() > 0 else 0.0 for t, part in zip(targets, parts)]
-        logit = sum(s * part for s, part in zip(self._scales, parts))
-        self._bias = _solve_bias(logit, config.base_ctr)
+        first_order = [rng.normal(0.0, 1.0, size) for size in config.vocab_sizes]
+        numeric_first = rng.normal(0.0, 1.0, config.num_numeric)
+        pairs, pair_dirs = fields(config.num_pairs, 2), directions(config.num_pairs, 2)
+        triples, triple_dirs = fields(config.num_triples, 3), directions(config.num_triples, 3)
+        gated, gated_dirs = fields(config.num_gated, 3), directions(config.num_gated, 3)
+        return _Terms(first_order, numeric_first, pairs, pair_dirs, triples, triple_dirs, gated, gated_dirs)
 
     @property
     def features(self) -> FeatureSpec:
@@ -143,6 +199,7 @@ class SyntheticClickLog:
                 CategoricalField(f"c{i}", size) for i, size in enumerate(self.config.vocab_sizes)
             ),
             numeric=tuple(NumericField(f"n{j}") for j in range(self.config.num_numeric)),
+            tasks=tuple(TaskSpec(name) for name in self.config.tasks),
         )
 
     def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,39 +216,55 @@ class SyntheticClickLog:
         num = [numeric[:, j, None].astype(np.float64) * self._numeric_latent[j] for j in range(numeric.shape[1])]
         return np.stack(cat + num, axis=1)
 
-    def _components(self, categorical: np.ndarray, numeric: np.ndarray) -> list[np.ndarray]:
+    def _components(self, categorical: np.ndarray, numeric: np.ndarray, terms: _Terms) -> list[np.ndarray]:
         n = categorical.shape[0]
-        first = sum(w[categorical[:, f]] for f, w in enumerate(self._first_order))
-        first = first + numeric.astype(np.float64) @ self._numeric_first
+        first = sum(w[categorical[:, f]] for f, w in enumerate(terms.first_order))
+        first = first + numeric.astype(np.float64) @ terms.numeric_first
         u = self._latents(categorical, numeric)  # [n, F, k]
 
         def projections(fields: np.ndarray, dirs: np.ndarray) -> np.ndarray:
             # (dir_a · u_{field_a}) for each term and argument: [n, terms, arity]
             return np.einsum("ntak,tak->nta", u[:, fields], dirs)
 
-        pair = projections(self._pairs, self._pair_dirs).prod(axis=2).sum(axis=1) if len(self._pairs) else np.zeros(n)
+        pair = projections(terms.pairs, terms.pair_dirs).prod(axis=2).sum(axis=1) if len(terms.pairs) else np.zeros(n)
         triple = (
-            projections(self._triples, self._triple_dirs).prod(axis=2).sum(axis=1)
-            if len(self._triples)
+            projections(terms.triples, terms.triple_dirs).prod(axis=2).sum(axis=1)
+            if len(terms.triples)
             else np.zeros(n)
         )
-        if len(self._gated):
-            proj = projections(self._gated, self._gated_dirs)  # [n, terms, 3]
+        if len(terms.gated):
+            proj = projections(terms.gated, terms.gated_dirs)  # [n, terms, 3]
             gate = np.tanh(self.config.gate_sharpness * proj[:, :, 2])
             gated = (gate * proj[:, :, 0] * proj[:, :, 1]).sum(axis=1)
         else:
             gated = np.zeros(n)
         return [first, pair, triple, gated]
 
+    def _logit(self, categorical: np.ndarray, numeric: np.ndarray, terms: _Terms) -> np.ndarray:
+        """A task's own logit without bias: its scaled components, summed."""
+        return sum(s * part for s, part in zip(terms.scales, self._components(categorical, numeric, terms)))
+
+    def _mix(self, logits: list[np.ndarray]) -> list[np.ndarray]:
+        """Task 0 as it is; task t > 0 its correlation ρ with task 0 plus its own part (module docstring)."""
+        rho = self.config.task_correlation
+        first = logits[0]
+        mixed = [first]
+        for z, spread in zip(logits[1:], self._spread[1:]):
+            mixed.append(rho * first + np.sqrt(1.0 - rho**2) * (self._spread[0] / spread) * z)
+        return mixed
+
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Rows ``start:stop``: categorical ids, numeric values, true probability, label."""
+        """Rows ``start:stop``: categorical ids, numeric values, true probabilities ``[n, T]``, labels ``[n, T]``."""
         if not 0 <= start <= stop:
             raise ValueError(f"invalid row range {start}:{stop}")
         outputs = []
+        tasks = len(self.config.tasks)
         for chunk in range(start // CHUNK_ROWS, (stop - 1) // CHUNK_ROWS + 1 if stop > start else 0):
             rng = np.random.default_rng([self.config.seed, 2, chunk])
             categorical, numeric = self._draw(rng, CHUNK_ROWS)
-            uniform = rng.random(CHUNK_ROWS)
+            uniform = rng.random(CHUNK_ROWS)[:, None]  # the first task's draws, as with one task
+            if tasks > 1:
+                uniform = np.hstack([uniform, rng.random((CHUNK_ROWS, tasks - 1))])
             lo = max(start - chunk * CHUNK_ROWS, 0)
             hi = min(stop - chunk * CHUNK_ROWS, CHUNK_ROWS)
             categorical, numeric, uniform = categorical[lo:hi], numeric[lo:hi], uniform[lo:hi]
@@ -200,37 +273,41 @@ class SyntheticClickLog:
         if not outputs:
             k = len(self._cdfs)
             return (np.empty((0, k), np.int64), np.empty((0, self.config.num_numeric), np.float32),
-                    np.empty(0), np.empty(0, np.float32))
+                    np.empty((0, tasks)), np.empty((0, tasks), np.float32))
         return tuple(np.concatenate(parts) for parts in zip(*outputs))  # type: ignore[return-value]
 
     def probability(self, categorical: np.ndarray, numeric: np.ndarray) -> np.ndarray:
-        """The true click probability of each row."""
-        logit = self._bias + sum(s * part for s, part in zip(self._scales, self._components(categorical, numeric)))
-        return 1.0 / (1.0 + np.exp(-logit))
+        """The true probability of each row and task, ``[n, T]``."""
+        logits = self._mix([self._logit(categorical, numeric, terms) for terms in self._terms])
+        return np.stack([1.0 / (1.0 + np.exp(-(z + b))) for z, b in zip(logits, self._biases)], axis=1)
 
-    def split(self, start: int, stop: int) -> tuple[TabularSplit, np.ndarray]:
-        """Rows ``start:stop`` as a :class:`TabularSplit`, with their true probabilities."""
-        categorical, numeric, prob, label = self.rows(start, stop)
-        split = TabularSplit(torch.from_numpy(categorical), torch.from_numpy(numeric), torch.from_numpy(label))
-        return split, prob
+    def split(self, start: int, stop: int) -> tuple[Batch, np.ndarray]:
+        """Rows ``start:stop`` as a :class:`~mldcn.batch.Batch`, with their true probabilities ``[n, T]``."""
+        categorical, numeric, prob, labels = self.rows(start, stop)
+        return Batch.from_numpy(categorical, numeric, labels=labels), prob
 
 
 def make_synthetic(config: SyntheticConfig) -> Dataset:
     """Train / valid / test splits of a synthetic click log (consecutive row ranges).
 
-    ``info`` holds the ceiling: AUC and logloss of the true probabilities on each split.
+    ``info["ceiling"][split][task]`` holds the ceiling: the AUC and logloss of the
+    true probabilities of each task on each split.
     """
     log = SyntheticClickLog(config)
     bounds = np.cumsum([0, config.train_rows, config.valid_rows, config.test_rows])
-    splits, info = {}, {"source": "synthetic"}
+    splits, ceiling = {}, {}
     for name, start, stop in zip(("train", "valid", "test"), bounds[:-1], bounds[1:]):
         split, prob = log.split(int(start), int(stop))
         splits[name] = split
-        label = split.label.numpy()
-        info[f"{name}_ctr"] = float(label.mean())
-        both_classes = 0 < label.sum() < label.size
-        info[f"{name}_ceiling_auc"] = auc(label, prob) if both_classes else float("nan")
-        info[f"{name}_ceiling_logloss"] = logloss(label, prob)
+        labels = split.labels.numpy()
+        ceiling[name] = {}
+        for t, task in enumerate(config.tasks):
+            both_classes = 0 < labels[:, t].sum() < len(labels)
+            ceiling[name][task] = {
+                "auc": auc(labels[:, t], prob[:, t]) if both_classes else float("nan"),
+                "logloss": logloss(labels[:, t], prob[:, t]),
+            }
+    info = {"source": "synthetic", "positive_rate": positive_rates(splits, log.features), "ceiling": ceiling}
     return Dataset(log.features, splits["train"], splits["valid"], splits["test"], info)
 
 
@@ -279,9 +356,9 @@ def write_criteo_tsv(path: str, rows: int, seed: int = 0, missing: float = 0.05)
     names = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
     with pcsv.CSVWriter(path, _criteo_schema(names), write_options=options) as writer:
         for start in range(0, rows, CHUNK_ROWS):
-            categorical, numeric, _, label = log.rows(start, min(start + CHUNK_ROWS, rows))
-            n = len(label)
-            columns = [pa.array(label.astype(np.int8))]
+            categorical, numeric, _, labels = log.rows(start, min(start + CHUNK_ROWS, rows))
+            n = len(labels)
+            columns = [pa.array(labels[:, 0].astype(np.int8))]
             counts = np.floor(np.expm1(np.abs(numeric) * 2.0)).astype(np.int64)
             for j in range(13):
                 columns.append(pa.array(counts[:, j], mask=rng.random(n) < missing))

@@ -17,7 +17,7 @@ from mldcn.config import ConfigError
 from mldcn.features import FeatureSpec
 from mldcn.layers.flops import Flops
 from mldcn.models.config import ModelConfig
-from mldcn.models.registry import get_family
+from mldcn.models.registry import build_interaction, get_family
 
 DEFAULT_TOLERANCE = 0.03
 
@@ -27,10 +27,10 @@ class BudgetError(ConfigError):
 
 
 def interaction_flops(config: ModelConfig, features: FeatureSpec) -> Flops:
-    """Interaction-module FLOPs per example, without allocating any weights."""
-    family = get_family(config.family)
+    """Interaction FLOPs per example (all experts and gates of a multi-task
+    structure), without allocating any weights."""
     with torch.device("meta"):
-        module = family.build(config.interaction, features.num_fields, config.embedding_dim)
+        module = build_interaction(config, features)
     return module.flops()
 
 

@@ -35,12 +35,14 @@ class HeadConfig(Config):
 
 @dataclass(frozen=True)
 class ModelConfig(Config):
-    """A complete model: family, its interaction config, embedding size and head."""
+    """A complete model: family, its interaction config, embedding size, head (the
+    tower of each task) and multi-task structure (:mod:`mldcn.models.multitask`)."""
 
     family: str
     interaction: Any
     embedding_dim: int = 16
     head: HeadConfig = field(default_factory=HeadConfig)
+    multitask: Any = field(default_factory=lambda: _single_task())
 
     _positive = ("embedding_dim",)
 
@@ -48,12 +50,17 @@ class ModelConfig(Config):
         super().__post_init__()
         from mldcn.models.registry import get_family
 
+        from mldcn.models.multitask import get_structure
+
         family = get_family(self.family)
         if not isinstance(self.interaction, family.config_cls):
             raise ConfigError(
                 f"family {self.family!r} takes a {family.config_cls.__name__}, "
                 f"got {type(self.interaction).__name__}"
             )
+        structure = get_structure(getattr(self.multitask, "kind", None))
+        if not isinstance(self.multitask, structure.config_cls):
+            raise ConfigError(f"model.multitask: expected a {structure.config_cls.__name__}")
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with top-level fields changed (``interaction=...``, ``head=...``)."""
@@ -63,7 +70,15 @@ class ModelConfig(Config):
         return dataclasses.replace(self, interaction=dataclasses.replace(self.interaction, **changes))
 
     def to_dict(self) -> dict:
-        return to_dict(self)
+        from mldcn.models.multitask import multitask_to_dict
+
+        return {**to_dict(self), "multitask": multitask_to_dict(self.multitask)}
+
+
+def _single_task():
+    from mldcn.models.multitask import SingleTaskConfig
+
+    return SingleTaskConfig()
 
 
 def model_config_from_dict(data: dict | str, where: str = "model") -> ModelConfig:
@@ -90,11 +105,11 @@ def model_config_from_dict(data: dict | str, where: str = "model") -> ModelConfi
         data = base
     if "family" not in data:
         raise ConfigError(f"{where}: missing key 'family' (or 'preset')")
-    unknown = sorted(set(data) - {"family", "interaction", "embedding_dim", "head"})
+    unknown = sorted(set(data) - {"family", "interaction", "embedding_dim", "head", "multitask"})
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown}; valid keys are "
-            "['embedding_dim', 'family', 'head', 'interaction', 'preset']"
+            "['embedding_dim', 'family', 'head', 'interaction', 'multitask', 'preset']"
         )
     family = get_family(data["family"])
     interaction = from_dict(family.config_cls, data.get("interaction"), f"{where}.interaction")
@@ -102,4 +117,7 @@ def model_config_from_dict(data: dict | str, where: str = "model") -> ModelConfi
     embedding_dim = data.get("embedding_dim", 16)
     if not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool):
         raise ConfigError(f"{where}.embedding_dim must be an integer, got {embedding_dim!r}")
-    return ModelConfig(family=family.name, interaction=interaction, embedding_dim=embedding_dim, head=head)
+    from mldcn.models.multitask import multitask_from_dict
+
+    multitask = multitask_from_dict(data.get("multitask"), f"{where}.multitask")
+    return ModelConfig(family=family.name, interaction=interaction, embedding_dim=embedding_dim, head=head, multitask=multitask)

@@ -8,7 +8,7 @@ from typing import Literal
 from mldcn.config import Config
 from mldcn.layers.cross import CrossNet, LowRankCrossNet, MixtureCrossNet
 from mldcn.models.config import HeadConfig, ModelConfig
-from mldcn.models.registry import register_family, register_model
+from mldcn.models.registry import options, register_family, register_model
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,21 @@ class MixtureCrossConfig(Config):
     _positive = ("num_layers", "rank", "num_experts")
 
 
-@register_family("dcnv2", CrossConfig, width="num_layers", description="DCNv2 full-rank cross")
+@register_family("dcnv2", CrossConfig, width="num_layers", description="DCNv2 full-rank cross", layer=CrossNet)
 def build_cross(config: CrossConfig, num_fields: int, dim: int) -> CrossNet:
-    return CrossNet(num_fields * dim, config.num_layers)
+    return CrossNet(num_fields * dim, **options(config))
 
 
 @register_family(
-    "dcnv2_lowrank", LowRankCrossConfig, width="rank", description="DCNv2 low-rank cross", depth="num_layers"
+    "dcnv2_lowrank",
+    LowRankCrossConfig,
+    width="rank",
+    description="DCNv2 low-rank cross",
+    depth="num_layers",
+    layer=LowRankCrossNet,
 )
 def build_lowrank(config: LowRankCrossConfig, num_fields: int, dim: int) -> LowRankCrossNet:
-    return LowRankCrossNet(num_fields * dim, config.num_layers, config.rank)
+    return LowRankCrossNet(num_fields * dim, **options(config))
 
 
 @register_family(
@@ -61,16 +66,10 @@ def build_lowrank(config: LowRankCrossConfig, num_fields: int, dim: int) -> LowR
     width="rank",
     description="DCNv2 mixture of low-rank experts",
     depth="num_layers",
+    layer=MixtureCrossNet,
 )
 def build_mixture(config: MixtureCrossConfig, num_fields: int, dim: int) -> MixtureCrossNet:
-    return MixtureCrossNet(
-        num_fields * dim,
-        config.num_layers,
-        config.rank,
-        config.num_experts,
-        config.nonlinear,
-        config.activation,
-    )
+    return MixtureCrossNet(num_fields * dim, **options(config))
 
 
 register_model(

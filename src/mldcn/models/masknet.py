@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mldcn.config import Config, ConfigError
 from mldcn.layers.mask import ParallelMaskNet, SerialMaskNet
 from mldcn.models.config import HeadConfig, ModelConfig
-from mldcn.models.registry import register_family, register_model
+from mldcn.models.registry import options, register_family, register_model
 
 
 @dataclass(frozen=True)
@@ -63,17 +63,10 @@ def _scale_parallel(config: ParallelMaskNetConfig, width: int, num_fields: int, 
     description="MaskNet, serial MaskBlocks",
     scale=_scale_serial,
     depth="block_dims",
+    layer=SerialMaskNet,
 )
 def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> SerialMaskNet:
-    return SerialMaskNet(
-        num_fields,
-        dim,
-        config.block_dims,
-        config.reduction_ratio,
-        config.layer_norm,
-        config.emb_layer_norm,
-        config.dropout,
-    )
+    return SerialMaskNet(num_fields, dim, **options(config))
 
 
 @register_family(
@@ -83,18 +76,10 @@ def build_serial(config: SerialMaskNetConfig, num_fields: int, dim: int) -> Seri
     description="MaskNet, parallel MaskBlocks",
     scale=_scale_parallel,
     depth="num_blocks",
+    layer=ParallelMaskNet,
 )
 def build_parallel(config: ParallelMaskNetConfig, num_fields: int, dim: int) -> ParallelMaskNet:
-    return ParallelMaskNet(
-        num_fields,
-        dim,
-        config.num_blocks,
-        config.block_dim,
-        config.reduction_ratio,
-        config.layer_norm,
-        config.emb_layer_norm,
-        config.dropout,
-    )
+    return ParallelMaskNet(num_fields, dim, **options(config))
 
 
 register_model(

@@ -8,7 +8,8 @@ from typing import Literal
 from mldcn.config import Config
 from mldcn.layers.mldcn import MaskedLowRankCrossNet
 from mldcn.models.config import HeadConfig, ModelConfig
-from mldcn.models.registry import register_family, register_model
+from mldcn.models.multitask import MMoEConfig, PLEConfig, SharedBottomConfig
+from mldcn.models.registry import options, register_family, register_model
 
 
 @dataclass(frozen=True)
@@ -30,27 +31,38 @@ class MLDCNConfig(Config):
 
 
 @register_family(
-    "mldcn", MLDCNConfig, width="rank", description="ML-DCN masked low-rank cross", depth="num_layers"
+    "mldcn",
+    MLDCNConfig,
+    width="rank",
+    description="ML-DCN masked low-rank cross",
+    depth="num_layers",
+    layer=MaskedLowRankCrossNet,
 )
 def build_mldcn(config: MLDCNConfig, num_fields: int, dim: int) -> MaskedLowRankCrossNet:
-    return MaskedLowRankCrossNet(
-        num_fields * dim,
-        num_layers=config.num_layers,
-        rank=config.rank,
-        mask_kind=config.mask_kind,
-        mask_source=config.mask_source,
-        mask_site=config.mask_site,
-        mask_activation=config.mask_activation,
-        hidden_ratio=config.hidden_ratio,
-        share_mask=config.share_mask,
-        layer_norm=config.layer_norm,
-    )
+    return MaskedLowRankCrossNet(num_fields * dim, **options(config))
 
 
 register_model(
     "mldcn",
     ModelConfig("mldcn", MLDCNConfig()),
-    "ML-DCN (r=32, t=r, mask from x0 on the rank space), parallel with a 400x3 DNN",
+    "ML-DCN (r=32, t=r, mask from x_l on the rank space, LayerNorm), parallel with a 400x3 DNN",
+)
+# multi-task: ML-DCN as the trunk or the experts; any family takes the same `multitask` setting
+_TOWER = HeadConfig(structure="stacked", hidden=(64,))
+register_model(
+    "mldcn_shared_bottom",
+    ModelConfig("mldcn", MLDCNConfig(), head=_TOWER, multitask=SharedBottomConfig()),
+    "multi-task: an ML-DCN trunk shared by the tasks, a 64-unit tower per task",
+)
+register_model(
+    "mldcn_mmoe",
+    ModelConfig("mldcn", MLDCNConfig(rank=16), head=_TOWER, multitask=MMoEConfig(num_experts=4)),
+    "multi-task: MMoE with 4 ML-DCN experts (r=16), a softmax gate and a 64-unit tower per task",
+)
+register_model(
+    "mldcn_ple",
+    ModelConfig("mldcn", MLDCNConfig(rank=16), head=_TOWER, multitask=PLEConfig(shared_experts=2, task_experts=1)),
+    "multi-task: PLE/CGC with 2 shared and 1 per-task ML-DCN experts (r=16), a tower per task",
 )
 register_model(
     "mldcn_stacked",

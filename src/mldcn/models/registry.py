@@ -20,6 +20,7 @@ from mldcn.features import FeatureSpec
 from mldcn.layers.embedding import FeatureEmbedding
 from mldcn.layers.head import ParallelHead, StackedHead
 from mldcn.models.config import ModelConfig
+from mldcn.models.multitask import get_structure
 from mldcn.models.ranking import RankingModel
 
 InteractionBuilder = Callable[[Any, int, int], nn.Module]
@@ -42,6 +43,10 @@ class Family:
         depth: the config field counting layers or blocks, which the budget
             solver may change when no width alone lands within tolerance (a tuple
             field, e.g. MaskNet's ``block_dims``, is resized by repeating its first entry).
+        layer: the layer class ``build`` makes, when the config's fields are that
+            layer's keyword arguments (``build`` passes them with :func:`options`):
+            the options are declared once, in the config, and a test checks them
+            against the layer's signature.
     """
 
     name: str
@@ -51,6 +56,7 @@ class Family:
     description: str
     scale: WidthScaler | None = None
     depth: str | None = None
+    layer: type | None = None
 
     def with_width(self, config: Any, width: int, num_fields: int, dim: int) -> Any:
         """``config`` resized to width ``width`` (see ``scale``)."""
@@ -84,16 +90,22 @@ def register_family(
     description: str,
     scale: WidthScaler | None = None,
     depth: str | None = None,
+    layer: type | None = None,
 ):
     """Decorator registering an interaction builder under ``name``."""
 
     def decorator(build: InteractionBuilder) -> InteractionBuilder:
         if name in _FAMILIES:
             raise ValueError(f"family {name!r} is registered twice")
-        _FAMILIES[name] = Family(name, config_cls, build, width, description, scale, depth)
+        _FAMILIES[name] = Family(name, config_cls, build, width, description, scale, depth, layer)
         return build
 
     return decorator
+
+
+def options(config: Any) -> dict[str, Any]:
+    """A family config's fields as the keyword arguments of its layer."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 def register_model(name: str, config: ModelConfig, description: str = "") -> None:
@@ -130,11 +142,14 @@ def list_models(pattern: str = "") -> list[str]:
 
 
 def create_model(model: str | ModelConfig, features: FeatureSpec) -> RankingModel:
-    """Build a :class:`RankingModel` from a preset name or a :class:`ModelConfig`."""
+    """Build a :class:`RankingModel` from a preset name or a :class:`ModelConfig`.
+
+    The model returns one logit per task of ``features`` (``[B, T]``), arranged by
+    ``config.multitask`` (:mod:`mldcn.models.multitask`).
+    """
     config = get_preset(model) if isinstance(model, str) else model
-    family = get_family(config.family)
     embedding = FeatureEmbedding(features, config.embedding_dim)
-    interaction = family.build(config.interaction, features.num_fields, config.embedding_dim)
+    interaction = build_interaction(config, features)
     head_cfg = config.head
     deep = dict(
         hidden=head_cfg.hidden,
@@ -142,8 +157,24 @@ def create_model(model: str | ModelConfig, features: FeatureSpec) -> RankingMode
         dropout=head_cfg.dropout,
         batch_norm=head_cfg.batch_norm,
     )
-    if head_cfg.structure == "parallel":
-        head = ParallelHead(interaction.out_dim, embedding.output_dim, **deep)
-    else:
-        head = StackedHead(interaction.out_dim, **deep)
+
+    def make_tower(width: int, outputs: int) -> nn.Module:
+        if head_cfg.structure == "parallel":
+            return ParallelHead(width, embedding.output_dim, **deep, num_outputs=outputs)
+        return StackedHead(width, **deep, num_outputs=outputs)
+
+    structure = get_structure(config.multitask.kind)
+    head = structure.towers(config.multitask, make_tower, interaction.out_dim, features.num_tasks)
     return RankingModel(embedding, interaction, head, config=config)
+
+
+def build_interaction(config: ModelConfig, features: FeatureSpec) -> nn.Module:
+    """The interaction part of ``config`` for ``features``: the family's module, or its
+    experts and gates for a multi-task structure (``[B, F, D] → [B, h]`` or ``[B, T, h]``)."""
+    family = get_family(config.family)
+
+    def make_expert() -> nn.Module:
+        return family.build(config.interaction, features.num_fields, config.embedding_dim)
+
+    structure = get_structure(config.multitask.kind)
+    return structure.interaction(config.multitask, make_expert, features.num_fields * config.embedding_dim, features.num_tasks)

@@ -135,6 +135,16 @@ def _write_artifact(tmp: Path, model: RankingModel, encoder: Encoder | None, fea
     (tmp / ARTIFACT_FILE).write_text(json.dumps(info, indent=2))
 
 
+def save_run_artifact(result, directory: str | Path | None = None) -> Path:
+    """The artifact of a finished run (:class:`mldcn.train.run.RunResult`): its model, tasks,
+    test metrics and, for prepared data, the fitted preprocessing; ``mldcn train`` writes it
+    to ``RUN/model`` (the default ``directory``). A synthetic-data model takes encoded ids."""
+    config = result.config
+    encoder = Encoder.load(config.data.path) if config.data.source == "prepared" else None
+    directory = Path(directory) if directory is not None else Path(result.run_dir) / "model"
+    return save_artifact(directory, result.model, encoder, extra={"test": result.test, "data": result.data})
+
+
 def resolve_artifact_dir(path: str | Path) -> Path:
     """``path`` itself, or ``path/model`` when ``path`` is a run directory holding an artifact."""
     path = Path(path)
@@ -195,6 +205,8 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     encoder = None
     if info.get("preprocessing"):
         encoder = Encoder.load(directory / info["preprocessing"])
+        if "tasks" not in info["features"]:  # made before tasks existed: its one task is the schema's label
+            features = features.with_tasks(encoder.features.tasks)
         if encoder.features != features:
             raise ArtifactError(f"{directory / info['preprocessing']}: its features differ from {file}'s")
     weights = directory / info["weights"]

@@ -6,7 +6,7 @@ the input tensors its features need, with a dynamic batch dimension:
     categorical  int64   [B, Fc]     (if the model has categorical fields)
     numeric      float32 [B, Fn]     (if it has numeric fields)
     sequence     int64   [B, Fs, L]  (if it has multi-valued fields)
-    → probability float32 [B]
+    → probability float32 [B, T]     (one column per task)
 
 ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch's exporter since 2.9;
 it needs ``onnxscript``); TorchScript is deprecated in torch 2.13, so the second
@@ -46,7 +46,7 @@ class ProbabilityModel(nn.Module):
     graph has no such inputs. ``input_names`` lists the inputs in call order.
 
     Shape:
-        the tensors named in ``input_names`` → probabilities ``[B]``
+        the tensors named in ``input_names`` → probabilities ``[B, T]``
     """
 
     def __init__(self, model: RankingModel) -> None:
@@ -64,7 +64,7 @@ class ProbabilityModel(nn.Module):
         numeric = given.get("numeric")
         if numeric is None:
             numeric = torch.zeros((batch, 0), dtype=torch.float32, device=first.device)
-        return torch.sigmoid(self.model(categorical, numeric, given.get("sequence")))  # [B]
+        return torch.sigmoid(self.model(categorical, numeric, given.get("sequence")))  # [B, T]
 
 
 def input_names(features: FeatureSpec) -> tuple[str, ...]:
@@ -200,7 +200,7 @@ def onnx_session(model: str | Path | bytes, threads: int | None = None):
 
 
 def load_exported(format: str, path: str | Path, threads: int | None = None):
-    """A callable ``(*tensors) → probabilities [B]`` numpy array for an exported file."""
+    """A callable ``(*tensors) → probabilities [B, T]`` numpy array for an exported file."""
     if format == "onnx":
         session = onnx_session(path, threads)
         names = [i.name for i in session.get_inputs()]

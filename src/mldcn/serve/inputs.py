@@ -10,7 +10,7 @@ Two kinds of artifact, two codecs with one interface:
 
 Both turn JSON records (``encode_records``, the HTTP server) and Arrow columns
 read from a file (``encode_columns``, ``mldcn predict``) into an
-:class:`~mldcn.data.encode.Encoded`. A record with a missing field or a value of
+:class:`~mldcn.batch.Batch` (without labels). A record with a missing field or a value of
 the wrong type raises :class:`RecordError` naming the record and the field.
 
 JSON values of a raw record become the text a CSV file would hold, so a record
@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mldcn.data.encode import Encoded, Encoder
+from mldcn.batch import Batch
+from mldcn.data.encode import Encoder
 from mldcn.data.readers import DataError, as_float, as_string
 from mldcn.data.schema import (
     CategoricalColumn,
@@ -178,11 +179,11 @@ class RawInputs:
     def features(self) -> FeatureSpec:
         return self.encoder.features
 
-    def encode_columns(self, columns: dict[str, pa.Array], lines: np.ndarray | None = None) -> Encoded:
+    def encode_columns(self, columns: dict[str, pa.Array], lines: np.ndarray | None = None) -> Batch:
         """Columns as the data readers give them (validated) → model inputs."""
         return self.encoder.encode(columns)
 
-    def encode_records(self, records: list) -> Encoded:
+    def encode_records(self, records: list) -> Batch:
         """JSON records (``[{raw column: value}]``) → model inputs; :class:`RecordError` on a bad one."""
         values: dict[str, list[str | None]] = {f.name: [] for f in self.fields}
         for index, record in enumerate(records):
@@ -204,7 +205,7 @@ class RawInputs:
                 values[field.name].append(text)
         with np.errstate(over="ignore"):  # an overflow of float32 is refused below
             encoded = self.encoder.encode({name: pa.array(v, pa.string()) for name, v in values.items()})
-        overflow = ~np.isfinite(encoded.numeric)  # e.g. 1e39 with transform none
+        overflow = ~np.isfinite(encoded.numeric.numpy())  # e.g. 1e39 with transform none
         if overflow.any():
             row, j = (int(k) for k in np.argwhere(overflow)[0])
             column = self.schema.numeric[j]
@@ -267,7 +268,7 @@ class IdInputs:
             sequence=tuple(SequenceColumn(f.name, max_len=f.max_len) for f in features.sequence),
         )
 
-    def encode_records(self, records: list) -> Encoded:
+    def encode_records(self, records: list) -> Batch:
         features = self._features
         n = len(records)
         categorical = np.zeros((n, len(features.categorical)), dtype=np.int64)
@@ -290,7 +291,7 @@ class IdInputs:
                     raise RecordError(index, f.name, f"expected a list of ids, got {json_kind(value)}")
                 ids = [self._id(v, f.vocab_size, 1, index, f.name) for v in value[: f.max_len]]
                 sequence[index, j, : len(ids)] = ids
-        return Encoded(categorical, numeric, sequence)
+        return Batch.from_numpy(categorical, numeric, sequence)
 
     @staticmethod
     def _number(value: Any, index: int, field: str) -> float:
@@ -315,7 +316,7 @@ class IdInputs:
             raise RecordError(index, field, f"id {value} is outside [{low}, {vocab_size})")
         return value
 
-    def encode_columns(self, columns: dict[str, pa.Array], lines: np.ndarray | None = None) -> Encoded:
+    def encode_columns(self, columns: dict[str, pa.Array], lines: np.ndarray | None = None) -> Batch:
         """Columns of a file read with :meth:`file_schema` → model inputs; ids are checked."""
         features = self._features
         n = len(next(iter(columns.values())))
@@ -340,7 +341,7 @@ class IdInputs:
                     if bad:
                         raise DataError(f"line {lines[row]}: field {f.name!r}: id {bad[0]} is outside [1, {f.vocab_size})")
                     sequence[row, j, : len(ids)] = ids
-        return Encoded(categorical, numeric, sequence)
+        return Batch.from_numpy(categorical, numeric, sequence)
 
     @staticmethod
     def _column_ids(raw: pa.Array, name: str, vocab_size: int, low: int, lines: np.ndarray) -> np.ndarray:

@@ -3,10 +3,11 @@
 ``predict_file`` streams: the data readers yield validated chunks (bounded by the
 chunk size, whatever the file size), the artifact's codec encodes them (unknown
 categories → the OOV id), the backend scores them in batches and the writer
-appends the probabilities (CSV or Parquet) chunk by chunk. Rows read always equal
-rows written plus rows skipped (``--on-bad-rows skip``).
+appends the probabilities (CSV or Parquet) chunk by chunk, one column
+``probability_<task>`` per task. Rows read always equal rows written plus rows
+skipped (``--on-bad-rows skip``).
 
-A backend is a callable ``Encoded → probabilities float32 [B]``:
+A backend is a callable ``Batch → probabilities float32 [B, T]``:
 :class:`TorchBackend` (eager PyTorch, fp32 or bf16 autocast) or
 :class:`OnnxBackend` (ONNX Runtime on the exported graph).
 """
@@ -25,7 +26,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
-from mldcn.data.encode import Encoded
+from mldcn.batch import Batch
 from mldcn.data.readers import CHUNK_BYTES, OnBadRows, ReadStats, read_chunks
 from mldcn.features import FeatureSpec
 from mldcn.files import atomic_path
@@ -40,20 +41,25 @@ Precision = Literal["fp32", "bf16"]
 PROBABILITY = "probability"
 
 
+def probability_column(task: str) -> str:
+    """The output column of a task's probabilities."""
+    return f"{PROBABILITY}_{task}"
+
+
 class Backend(Protocol):
-    """Scores encoded rows: ``Encoded`` (n rows) → probabilities float32 ``[n]``."""
+    """Scores rows: a :class:`~mldcn.batch.Batch` of n rows → probabilities float32 ``[n, T]``."""
 
     name: str
 
-    def __call__(self, encoded: Encoded) -> np.ndarray: ...
+    def __call__(self, batch: Batch) -> np.ndarray: ...
 
 
-def _tensors(encoded: Encoded, features: FeatureSpec) -> dict[str, np.ndarray]:
-    """The exported graph's inputs from an encoder's arrays (int64 ids, float32 values)."""
+def _tensors(batch: Batch, features: FeatureSpec) -> dict[str, np.ndarray]:
+    """The exported graph's inputs of a batch (int64 ids, float32 values), as numpy arrays."""
     arrays = {
-        "categorical": encoded.categorical.astype(np.int64, copy=False),
-        "numeric": encoded.numeric.astype(np.float32, copy=False),
-        "sequence": None if encoded.sequence is None else encoded.sequence.astype(np.int64, copy=False),
+        "categorical": batch.categorical.numpy().astype(np.int64, copy=False),
+        "numeric": batch.numeric.numpy().astype(np.float32, copy=False),
+        "sequence": None if batch.sequence is None else batch.sequence.numpy().astype(np.int64, copy=False),
     }
     return {name: np.ascontiguousarray(arrays[name]) for name in input_names(features)}
 
@@ -69,15 +75,10 @@ class TorchBackend:
         self.features = model.embedding.features
         self.device = next(model.parameters()).device
 
-    def __call__(self, encoded: Encoded) -> np.ndarray:
-        arrays = _tensors(encoded, self.features)
-        n = len(encoded.categorical)
-        categorical = torch.from_numpy(arrays["categorical"]) if "categorical" in arrays else torch.zeros(n, 0, dtype=torch.int64)
-        numeric = torch.from_numpy(arrays["numeric"]) if "numeric" in arrays else torch.zeros(n, 0)
-        sequence = torch.from_numpy(arrays["sequence"]) if "sequence" in arrays else None
+    def __call__(self, batch: Batch) -> np.ndarray:
         with torch.inference_mode(), autocast(self.device, self.precision):
-            logits = self.model(categorical, numeric, sequence)  # [B]
-        return torch.sigmoid(logits.float()).numpy()
+            logits = self.model(batch.categorical.long(), batch.numeric.float(), None if batch.sequence is None else batch.sequence.long())
+        return torch.sigmoid(logits.float()).numpy()  # [B, T]
 
 
 class OnnxBackend:
@@ -89,8 +90,8 @@ class OnnxBackend:
         self.session = session
         self.features = features
 
-    def __call__(self, encoded: Encoded) -> np.ndarray:
-        return self.session.run([PROBABILITY], _tensors(encoded, self.features))[0]
+    def __call__(self, batch: Batch) -> np.ndarray:
+        return self.session.run([PROBABILITY], _tensors(batch, self.features))[0]  # [B, T]
 
 
 def make_backend(
@@ -125,19 +126,10 @@ def make_backend(
     return OnnxBackend(session, artifact.features)
 
 
-def score(backend: Backend, encoded: Encoded, batch_size: int) -> np.ndarray:
-    """Probabilities of every row of ``encoded``, in batches of ``batch_size``."""
-    n = len(encoded.categorical)
-    parts = []
-    for start in range(0, n, batch_size):
-        stop = start + batch_size
-        batch = Encoded(
-            encoded.categorical[start:stop],
-            encoded.numeric[start:stop],
-            None if encoded.sequence is None else encoded.sequence[start:stop],
-        )
-        parts.append(backend(batch))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+def score(backend: Backend, rows: Batch, batch_size: int, num_tasks: int) -> np.ndarray:
+    """Probabilities ``[n, T]`` of every row of ``rows``, in batches of ``batch_size``."""
+    parts = [backend(batch) for batch in rows.batches(batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, num_tasks), dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------- output
@@ -258,19 +250,21 @@ def predict_file(
     codec, schema = _input_schema(artifact, input, input_format)
     stats = ReadStats(str(input))
     report = PredictReport(str(input), str(output), backend=backend.name)
+    tasks = artifact.features.task_names
     fields = [pa.field(n, pa.string()) for n in keep_columns]
     fields += [pa.field("line", pa.int64())] if line_numbers else []
-    empty = pa.schema([*fields, pa.field(PROBABILITY, pa.float32())])
+    empty = pa.schema([*fields, *(pa.field(probability_column(t), pa.float32()) for t in tasks)])
     start = time.perf_counter()
     with _Writer(output, empty) as writer:
         for chunk in read_chunks(
             input, schema, on_bad_rows, stats, chunk_bytes, extra_columns=keep_columns, require_label=False
         ):
-            probabilities = score(backend, codec.encode_columns(chunk.columns, chunk.lines), batch_size)
+            probabilities = score(backend, codec.encode_columns(chunk.columns, chunk.lines), batch_size, len(tasks))
             columns = {name: chunk.columns[name] for name in keep_columns}
             if line_numbers:
                 columns["line"] = pa.array(chunk.lines)
-            columns[PROBABILITY] = pa.array(probabilities, pa.float32())
+            for t, task in enumerate(tasks):
+                columns[probability_column(task)] = pa.array(probabilities[:, t], pa.float32())
             writer.write(pa.table(columns))
     report.seconds = time.perf_counter() - start
     report.rows_read, report.rows_skipped = stats.rows_read, stats.rows_skipped
@@ -306,19 +300,17 @@ def predict_prepared(
     data = load_split(directory, split, mmap=True)
     backend = backend or TorchBackend(artifact.model)
     report = PredictReport(f"{directory}:{split}", str(output), backend=backend.name)
-    out_schema = pa.schema([pa.field("label", pa.float32()), pa.field(PROBABILITY, pa.float32())])
+    tasks = artifact.features.task_names
+    names = [f"label_{t}" for t in tasks] + [probability_column(t) for t in tasks]
+    out_schema = pa.schema([pa.field(name, pa.float32()) for name in names])
     start = time.perf_counter()
     with _Writer(output, out_schema) as writer:
         rows_per_chunk = max(batch_size, 1 << 16)
         for begin in range(0, len(data), rows_per_chunk):
             part = data.rows(begin, begin + rows_per_chunk)
-            encoded = Encoded(
-                part.categorical.numpy(),
-                part.numeric.numpy(),
-                None if part.sequence is None else part.sequence.numpy(),
-            )
-            probabilities = score(backend, encoded, batch_size)
-            writer.write(pa.table({"label": part.label.numpy(), PROBABILITY: probabilities}, schema=out_schema))
+            probabilities = score(backend, part.without_labels(), batch_size, len(tasks))
+            values = np.hstack([part.labels.numpy(), probabilities])  # [n, 2T]
+            writer.write(pa.table({name: values[:, j] for j, name in enumerate(names)}, schema=out_schema))
     report.seconds = time.perf_counter() - start
     report.rows_read = len(data)
     report.rows_written = writer.rows
@@ -328,13 +320,11 @@ def predict_prepared(
 
 
 def read_probabilities(path: str | Path) -> np.ndarray:
-    """The ``probability`` column of a prediction file (CSV or Parquet) as float32."""
+    """The ``probability_<task>`` columns of a prediction file (CSV or Parquet) as float32 ``[N, T]``."""
     path = Path(path)
-    if _is_parquet(path):
-        table = pq.read_table(path, columns=[PROBABILITY])
-    else:
-        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=[PROBABILITY]))
-    return table[PROBABILITY].to_numpy().astype(np.float32)
+    table = pq.read_table(path) if _is_parquet(path) else pcsv.read_csv(path)
+    names = [n for n in table.column_names if n.startswith(PROBABILITY + "_")]
+    return np.stack([table[n].to_numpy().astype(np.float32) for n in names], axis=1)
 
 
 __all__ = [
@@ -344,6 +334,7 @@ __all__ = [
     "TorchBackend",
     "make_backend",
     "predict_file",
+    "probability_column",
     "predict_prepared",
     "read_probabilities",
     "score",

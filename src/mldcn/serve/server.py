@@ -1,6 +1,7 @@
 """The HTTP prediction service: FastAPI on uvicorn (the ``serve`` extra).
 
-    POST /predict    {"records": [{field: value, ...}, ...]} → {"probabilities": [p, ...]}
+    POST /predict    {"records": [{field: value, ...}, ...]}
+                     → {"tasks": [task, ...], "probabilities": [{task: p, ...}, ...]}
     GET  /health     {"status": "ok"}
     GET  /metadata   model, features, input fields, FLOPs and parameters, backend
     GET  /docs       OpenAPI docs (the schema at /openapi.json)
@@ -88,7 +89,10 @@ class ServeConfig(Config):
 
 
 class PredictResponse(BaseModel):
-    probabilities: list[float] = Field(description="click probability of each record, in request order")
+    tasks: list[str] = Field(description="the model's tasks, in the order of its outputs")
+    probabilities: list[dict[str, float]] = Field(
+        description="each record's probability of each task, in request order"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -131,15 +135,19 @@ class PredictionService:
         )
         self.limiter = anyio.CapacityLimiter(config.concurrency)
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.artifact.features.task_names
+
     def predict(self, records: list) -> np.ndarray:
-        """Probabilities float32 ``[len(records)]``; :class:`RecordError` on a bad record.
+        """Probabilities float32 ``[len(records), T]``; :class:`RecordError` on a bad record.
 
         A record of finite inputs can still overflow the model's float32 arithmetic
         (1e20 in the numeric field of the tests' synthetic model of ids): its NaN
         probability is refused too, rather than answered as JSON ``null``.
         """
-        probabilities = score(self.backend, self.codec.encode_records(records), self.config.batch_size)
-        nan = np.flatnonzero(np.isnan(probabilities))
+        probabilities = score(self.backend, self.codec.encode_records(records), self.config.batch_size, len(self.tasks))
+        nan = np.flatnonzero(np.isnan(probabilities).any(axis=1))
         if nan.size:
             problem = "the model's probability is NaN (a number in the record is too large for its float32 arithmetic)"
             raise RecordError(int(nan[0]), None, problem)
@@ -292,8 +300,8 @@ def create_app(service: PredictionService) -> FastAPI:
         title="mldcn prediction service",
         version=mldcn.__version__,
         description=(
-            f"Click probabilities from a {artifact.config.family} model ({artifact.path}), "
-            f"backend {service.backend.name}. POST raw records to /predict."
+            f"Probabilities of the tasks {list(service.tasks)} from a {artifact.config.family} model "
+            f"({artifact.path}), backend {service.backend.name}. POST raw records to /predict."
         ),
     )
     errors = {
@@ -314,11 +322,17 @@ def create_app(service: PredictionService) -> FastAPI:
     async def metadata() -> dict:
         return service.metadata()
 
+    tasks = list(service.tasks)
+    answer = {
+        "description": f"each record's probability of each task ({', '.join(tasks)})",
+        "content": {"application/json": {"schema": _response_schema(tasks)}},
+    }
+
     @app.post(
         "/predict",
         response_model=PredictResponse,
-        responses=errors,
-        summary="click probability of each record",
+        responses={200: answer, **errors},
+        summary="the probability of each task for each record",
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -333,9 +347,27 @@ def create_app(service: PredictionService) -> FastAPI:
             probabilities = await anyio.to_thread.run_sync(service.predict, records, limiter=service.limiter)
         except RecordError as error:
             raise HTTPException(422, str(error)) from None
-        return {"probabilities": probabilities.tolist()}
+        return {"tasks": tasks, "probabilities": [dict(zip(tasks, row)) for row in probabilities.tolist()]}
 
     return app
+
+
+def _response_schema(tasks: list[str]) -> dict:
+    """The OpenAPI schema of a /predict answer, naming this model's tasks."""
+    record = {
+        "type": "object",
+        "properties": {task: {"type": "number", "minimum": 0, "maximum": 1} for task in tasks},
+        "required": tasks,
+    }
+    return {
+        "type": "object",
+        "required": ["tasks", "probabilities"],
+        "properties": {
+            "tasks": {"type": "array", "items": {"type": "string", "enum": tasks}},
+            "probabilities": {"type": "array", "items": record},
+        },
+        "example": {"tasks": tasks, "probabilities": [{task: 0.5 for task in tasks}]},
+    }
 
 
 def bind(host: str, port: int) -> socket.socket:

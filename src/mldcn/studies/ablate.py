@@ -27,7 +27,7 @@ from mldcn.studies.runner import RunSpec, run_study
 from mldcn.studies.stats import paired_t
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
-from mldcn.train.run import DataConfig, load_data
+from mldcn.data.source import DataConfig, load_data
 
 #: DESIGN.md's options, each as a change to the ML-DCN preset.
 VARIANTS: dict[str, dict] = {
@@ -110,8 +110,10 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
             specs.append(RunSpec(f"{name}|seed={seed}", model, train, labels))
     results = run_study(specs, dataset, config.data, out_dir, echo)
 
-    def aucs(name: str) -> list[float]:
+    def aucs(name: str) -> list[float]:  # means over the tasks (one task: its AUC)
         return [results[f"{name}|seed={s}"]["test_auc"] for s in config.seeds]
+
+    tasks = dataset.features.task_names
 
     rows = []
     for name in config.variants:
@@ -129,6 +131,11 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
                 "logloss": _pm(losses),
                 "difference": paired.mean_difference,
                 "p_value": paired.p_value,
+                **(
+                    {f"auc_{task}": _pm([results[f"{name}|seed={s}"]["test"][task]["auc"] for s in config.seeds]) for task in tasks}
+                    if len(tasks) > 1
+                    else {}
+                ),
             }
         )
     columns = [
@@ -140,6 +147,7 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
         ("logloss", "test logloss"),
         ("difference", f"AUC − {config.baseline}"),
         ("p_value", "paired t p"),
+        *([(f"auc_{task}", f"{task} AUC") for task in tasks] if len(tasks) > 1 else []),
     ]
     table = format_table(rows, columns, markdown=True)
     write_text_atomic(

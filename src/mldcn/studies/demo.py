@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mldcn.config import Config
+from mldcn.files import write_text_atomic
 from mldcn.data.synthetic import SyntheticConfig, make_synthetic
 from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig, ModelConfig
 from mldcn.models.registry import get_preset
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
-from mldcn.train.run import DataConfig, RunConfig, run
+from mldcn.data.source import DataConfig
+from mldcn.train.run import RunConfig, run
 
 DEMO_FAMILIES = ("mldcn", "dcnv2_lowrank", "masknet_parallel")
 
@@ -58,10 +60,21 @@ COLUMNS = [
     ("interaction_flops", "FLOPs/ex (interaction)"),
     ("total_flops", "FLOPs/ex (total)"),
     ("params", "dense params"),
-    ("auc", "test AUC"),
-    ("logloss", "test logloss"),
-    ("examples_per_second", "train ex/s"),
 ]
+
+
+def columns(tasks: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The table's columns: a test AUC and logloss per task (named when there are several)."""
+    named = len(tasks) > 1
+    per_task = [
+        column
+        for task in tasks
+        for column in (
+            (f"auc_{task}", f"{task} test AUC" if named else "test AUC"),
+            (f"logloss_{task}", f"{task} test logloss" if named else "test logloss"),
+        )
+    ]
+    return [*COLUMNS, *per_task, ("examples_per_second", "train ex/s")]
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path | None = None, echo=print) -> list[dict]:
@@ -70,9 +83,10 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, echo=print) 
     info = dataset.info
     echo(
         f"synthetic click log: {len(dataset.train):,} train / {len(dataset.valid):,} valid / "
-        f"{len(dataset.test):,} test rows, {dataset.features.num_fields} fields, "
-        f"test CTR {info['test_ctr']:.3f}"
+        f"{len(dataset.test):,} test rows, {dataset.features.num_fields} fields, test positive rate "
+        + ", ".join(f"{task} {rate:.3f}" for task, rate in info["positive_rate"]["test"].items())
     )
+    tasks = dataset.features.task_names
     rows = []
     for label, model_config in demo_models(config, dataset.features):
         width = _width(model_config)
@@ -87,22 +101,27 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, echo=print) 
                 "interaction_flops": result.cost["interaction_flops"],
                 "total_flops": result.cost["total_flops"],
                 "params": result.cost["dense_params"],
-                "auc": result.test["auc"],
-                "logloss": result.test["logloss"],
+                **{f"auc_{task}": result.test[task]["auc"] for task in tasks},
+                **{f"logloss_{task}": result.test[task]["logloss"] for task in tasks},
                 "examples_per_second": result.fit.train_examples_per_second,
             }
         )
+    ceiling = info["ceiling"]["test"]
     rows.append(
-        {"model": "ceiling (true probabilities)", "auc": info["test_ceiling_auc"], "logloss": info["test_ceiling_logloss"]}
+        {
+            "model": "ceiling (true probabilities)",
+            **{f"auc_{task}": ceiling[task]["auc"] for task in tasks},
+            **{f"logloss_{task}": ceiling[task]["logloss"] for task in tasks},
+        }
     )
-    table = format_table(rows, COLUMNS)
+    table = format_table(rows, columns(tasks))
     echo("")
     echo(f"matched interaction budget: {config.budget:,.0f} FLOPs/example (±3%)")
     echo(table)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "demo.json").write_text(json.dumps({"rows": rows, "data": info}, indent=2))
-        (Path(out_dir) / "demo.txt").write_text(table + "\n")
+        write_text_atomic(Path(out_dir) / "demo.json", json.dumps({"rows": rows, "data": info}, indent=2))
+        write_text_atomic(Path(out_dir) / "demo.txt", table + "\n")
     return rows
 
 

@@ -28,7 +28,8 @@ import torch
 from mldcn.data.dataset import Dataset
 from mldcn.models.config import ModelConfig
 from mldcn.train.loop import TrainConfig, predict
-from mldcn.train.run import DataConfig, RunConfig, run
+from mldcn.data.source import DataConfig
+from mldcn.train.run import RunConfig, run
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def run_study(
     """Run every spec not finished yet (by this or another worker); return all results by key."""
     out_dir = Path(out_dir)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "predictions" / "labels.npy", dataset.test.label.numpy())  # for DeLong's test
+    np.save(out_dir / "predictions" / "labels.npy", dataset.test.labels.numpy())  # [N, T], for DeLong's test
     specs = list(specs)
     results = load_results(out_dir)
     todo = sum(s.key not in results for s in specs)
@@ -128,22 +129,25 @@ def _alive(pid: int) -> bool:
 def _run_one(spec: RunSpec, dataset: Dataset, data_config: DataConfig, out_dir: Path, echo, position: str) -> dict:
     start = time.perf_counter()
     name = safe_name(spec.key)
-    outcome = run(
-        RunConfig(model=spec.model, data=data_config, train=spec.train),
-        out_dir / "runs" / name,
-        dataset=dataset,
-        save_model=False,  # a sweep keeps metrics and predictions, not hundreds of artifacts
-    )
-    probabilities = predict(outcome.model, dataset.test, spec.train.eval_batch_size)
+    # a sweep keeps metrics and predictions, not hundreds of artifacts
+    outcome = run(RunConfig(model=spec.model, data=data_config, train=spec.train), out_dir / "runs" / name, dataset=dataset)
+    probabilities = predict(outcome.model, dataset.test, spec.train.eval_batch_size)  # [N, T]
     np.save(out_dir / "predictions" / f"{name}.npy", probabilities.astype(np.float32))
+
+    def mean(metrics: dict, name: str) -> float:
+        return float(np.mean([m[name] for m in metrics.values()])) if metrics else float("nan")
+
     record = {
         "key": spec.key,
         **spec.labels,
-        "test_auc": outcome.test["auc"],
-        "test_logloss": outcome.test["logloss"],
-        "test_ne": outcome.test["ne"],
-        "valid_auc": outcome.fit.best_valid.get("auc", float("nan")),
-        "valid_logloss": outcome.fit.best_valid.get("logloss", float("nan")),
+        # with several tasks the scores are means over the tasks; each task's are in test / valid
+        "test_auc": mean(outcome.test, "auc"),
+        "test_logloss": mean(outcome.test, "logloss"),
+        "test_ne": mean(outcome.test, "ne"),
+        "valid_auc": mean(outcome.fit.best_valid, "auc"),
+        "valid_logloss": mean(outcome.fit.best_valid, "logloss"),
+        "test": outcome.test,
+        "valid": outcome.fit.best_valid,
         "best_epoch": outcome.fit.best_epoch,
         "epochs": len(outcome.fit.history),
         "stopped_by_time": outcome.fit.stopped_by_time,

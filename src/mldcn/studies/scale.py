@@ -33,13 +33,14 @@ from mldcn.files import atomic_path, write_text_atomic
 from mldcn.data.dataset import Dataset
 from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig, ModelConfig
+from mldcn.models.multitask import multitask_from_dict
 from mldcn.models.registry import create_model, get_family, get_preset
 from mldcn.studies.plots import plot_auc_vs_flops
 from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
 from mldcn.studies.stats import delong, paired_t
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
-from mldcn.train.run import DataConfig, load_data
+from mldcn.data.source import DataConfig, load_data
 
 FAMILIES = ("mldcn", "dcnv2_lowrank", "masknet_parallel", "wukong", "rankmixer")
 
@@ -64,6 +65,10 @@ class ScaleConfig(Config):
         seeds: training seeds (the first one also runs the tuning grid).
         reference: the preset compared against every other (significance tests).
         embedding_dim, head: shared by all families.
+        multitask: the multi-task structure every family is arranged in, e.g.
+            ``{kind: mmoe, num_experts: 4}`` to compare the families as MMoE
+            experts (the budget is then on all experts and gates); None: each
+            preset's own (single task for the main families).
         train: the shared training recipe (``lr``/``embedding_l2`` come from ``grid``).
         grid: the tuning grid.
         latency_batches: batch sizes of the forward-latency measurement.
@@ -76,6 +81,7 @@ class ScaleConfig(Config):
     reference: str = "mldcn"
     embedding_dim: int = 16
     head: HeadConfig = field(default_factory=lambda: HeadConfig(structure="parallel", hidden=(256, 128)))
+    multitask: dict | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=2048, patience=1, progress=False))
     grid: TuningGrid = field(default_factory=TuningGrid)
     latency_batches: tuple[int, ...] = (1, 512)
@@ -91,6 +97,8 @@ class ScaleConfig(Config):
             raise ConfigError(f"reference {self.reference!r} is not among the families {list(self.families)}")
         for name in self.families:
             get_preset(name)
+        if self.multitask is not None:
+            multitask_from_dict(self.multitask, "scale.multitask")
 
 
 def scale_config_from_dict(data: dict) -> ScaleConfig:
@@ -106,6 +114,8 @@ def sized_models(config: ScaleConfig, dataset: Dataset) -> dict[tuple[str, float
     models = {}
     for family in config.families:
         base = get_preset(family).replace(embedding_dim=config.embedding_dim, head=config.head)
+        if config.multitask is not None:
+            base = base.replace(multitask=multitask_from_dict(config.multitask, "scale.multitask"))
         for budget in config.budgets:
             models[family, budget] = match_budget(base, dataset.features, budget)
     return models
@@ -147,7 +157,7 @@ def run_scale(config: ScaleConfig, out_dir: str | Path, echo: Callable[[str], No
         torch.manual_seed(0)
         model = create_model(model_config, dataset.features)
         latency[f, b] = {n: forward_latency_us(model, dataset, n) for n in config.latency_batches}
-    summary = summarize(config, models, chosen, results, latency, out_dir, dataset.name)
+    summary = summarize(config, models, chosen, results, latency, out_dir, dataset.name, dataset.features.task_names)
     _write_csv(results, out_dir / "results.csv")
     return summary
 
@@ -156,60 +166,90 @@ def _with(train: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(train, **changes)
 
 
-def summarize(config, models, chosen, results, latency, out_dir: Path, name: str | None = None) -> dict:
+def task_auc(record: dict, task: str) -> float:
+    """A run's test AUC of one task (records of sweeps made before tasks existed hold one, flat)."""
+    return record["test"][task]["auc"] if "test" in record else record["test_auc"]
+
+
+def _by_task(array: np.ndarray) -> np.ndarray:
+    return array.reshape(len(array), -1)  # [N] (before tasks existed) or [N, T]
+
+
+def summarize(config, models, chosen, results, latency, out_dir: Path, name: str | None = None, tasks=("click",)) -> dict:
+    """Mean ± std per family and budget (means over the tasks, and each task's when there are
+    several), and the reference family against each rival per budget and task."""
     rows, significance = [], []
+    several = len(tasks) > 1
     for (family, budget), model_config in models.items():
         runs = [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
         aucs = [r["test_auc"] for r in runs]
         losses = [r["test_logloss"] for r in runs]
-        rows.append(
-            {
-                "family": family,
-                "budget": budget,
-                "interaction_flops": runs[0]["interaction_flops"],
-                "total_flops": runs[0]["total_flops"],
-                "dense_params": runs[0]["dense_params"],
-                "lr": chosen[family, budget][0],
-                "embedding_l2": chosen[family, budget][1],
-                "seeds": len(runs),
-                "auc_mean": statistics.fmean(aucs),
-                "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
-                "logloss_mean": statistics.fmean(losses),
-                "logloss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-                "auc": _pm(aucs),
-                "logloss": _pm(losses),
-                **{f"latency_{n}": latency[family, budget][n] for n in config.latency_batches},
-            }
-        )
-    labels = np.load(out_dir / "predictions" / "labels.npy") if (out_dir / "predictions" / "labels.npy").exists() else None
+        row = {
+            "family": family,
+            "budget": budget,
+            "interaction_flops": runs[0]["interaction_flops"],
+            "total_flops": runs[0]["total_flops"],
+            "dense_params": runs[0]["dense_params"],
+            "lr": chosen[family, budget][0],
+            "embedding_l2": chosen[family, budget][1],
+            "seeds": len(runs),
+            "auc_mean": statistics.fmean(aucs),
+            "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+            "logloss_mean": statistics.fmean(losses),
+            "logloss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "auc": _pm(aucs),
+            "logloss": _pm(losses),
+            **{f"latency_{n}": latency[family, budget][n] for n in config.latency_batches},
+        }
+        if several:
+            for task in tasks:
+                values = [task_auc(r, task) for r in runs]
+                row[f"auc_{task}"] = _pm(values)
+                row[f"auc_mean_{task}"] = statistics.fmean(values)
+                row[f"auc_std_{task}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    labels_file = out_dir / "predictions" / "labels.npy"
+    labels = _by_task(np.load(labels_file)) if labels_file.exists() else None
     for budget in config.budgets:
         ref_runs = [results[_key(config.reference, budget, s, *chosen[config.reference, budget])] for s in config.seeds]
         for rival in config.families:
             if rival == config.reference:
                 continue
             rival_runs = [results[_key(rival, budget, s, *chosen[rival, budget])] for s in config.seeds]
-            paired = paired_t([r["test_auc"] for r in ref_runs], [r["test_auc"] for r in rival_runs])
-            entry = {
-                "budget": budget,
-                "rival": rival,
-                "auc_difference": paired.mean_difference,
-                "ci": f"[{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]",
-                "paired_p": paired.p_value,
-            }
-            if labels is not None:
-                test = delong(
-                    labels,
-                    np.load(out_dir / ref_runs[0]["predictions"]),
-                    np.load(out_dir / rival_runs[0]["predictions"]),
-                )
-                entry.update(delong_difference=test.difference, delong_z=test.z, delong_p=test.p_value)
-            entry["verdict"] = _verdict(config.reference, rival, entry)
-            significance.append(entry)
-    summary = {"rows": rows, "significance": significance, "reference": config.reference}
+            for t, task in enumerate(tasks):
+                paired = paired_t([task_auc(r, task) for r in ref_runs], [task_auc(r, task) for r in rival_runs])
+                entry = {
+                    "budget": budget,
+                    "rival": rival,
+                    "task": task,
+                    "auc_difference": paired.mean_difference,
+                    "ci": f"[{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]",
+                    "paired_p": paired.p_value,
+                }
+                if labels is not None:
+                    test = delong(
+                        labels[:, t],
+                        _by_task(np.load(out_dir / ref_runs[0]["predictions"]))[:, t],
+                        _by_task(np.load(out_dir / rival_runs[0]["predictions"]))[:, t],
+                    )
+                    entry.update(delong_difference=test.difference, delong_z=test.z, delong_p=test.p_value)
+                entry["verdict"] = _verdict(config.reference, rival, entry)
+                significance.append(entry)
+    summary = {"rows": rows, "significance": significance, "reference": config.reference, "tasks": list(tasks)}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     name = name or config.data.source
-    plot = plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{name} — matched interaction FLOPs")
-    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plot, name))
+    if several:
+        plots = [
+            plot_auc_vs_flops(
+                [{**r, "auc_mean": r[f"auc_mean_{task}"], "auc_std": r[f"auc_std_{task}"]} for r in rows],
+                out_dir / f"auc_vs_flops_{task}.png",
+                title=f"{name}, task {task} — matched interaction FLOPs",
+            )
+            for task in tasks
+        ]
+    else:
+        plots = [plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{name} — matched interaction FLOPs")]
+    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plots, name, tasks))
     return summary
 
 
@@ -233,7 +273,7 @@ def _verdict(reference: str, rival: str, entry: dict) -> str:
     return f"{winner} higher" + (f", significant ({' and '.join(tests)})" if tests else ", not significant")
 
 
-def render_summary(config: ScaleConfig, rows, significance, plot, name: str | None = None) -> str:
+def render_summary(config: ScaleConfig, rows, significance, plots, name: str | None = None, tasks=("click",)) -> str:
     columns = [
         ("family", "family"),
         ("budget", "budget"),
@@ -242,12 +282,16 @@ def render_summary(config: ScaleConfig, rows, significance, plot, name: str | No
         ("dense_params", "dense params"),
         ("lr", "lr"),
         ("embedding_l2", "emb. L2"),
-        ("auc", "test AUC (mean ± std)"),
-        ("logloss", "test logloss (mean ± std)"),
-    ] + [(f"latency_{n}", f"µs/ex @ batch {n}") for n in config.latency_batches]
+        ("auc", "test AUC (mean ± std)" + (" over tasks" if len(tasks) > 1 else "")),
+        ("logloss", "test logloss (mean ± std)" + (" over tasks" if len(tasks) > 1 else "")),
+    ]
+    if len(tasks) > 1:
+        columns += [(f"auc_{task}", f"{task} AUC") for task in tasks]
+    columns += [(f"latency_{n}", f"µs/ex @ batch {n}") for n in config.latency_batches]
     sig_columns = [
         ("budget", "budget"),
         ("rival", f"{config.reference} vs"),
+        *([("task", "task")] if len(tasks) > 1 else []),
         ("auc_difference", "mean AUC diff (seeds)"),
         ("ci", "95% CI"),
         ("paired_p", "paired t p"),
@@ -269,15 +313,24 @@ def render_summary(config: ScaleConfig, rows, significance, plot, name: str | No
         format_table(significance, sig_columns, markdown=True),
         "",
     ]
-    if plot is not None:
-        lines += [f"![test AUC vs interaction FLOPs]({Path(plot).name})", ""]
+    if all(plot is not None for plot in plots):
+        lines += [f"![test AUC vs interaction FLOPs]({Path(plot).name})" for plot in plots] + [""]
     else:
         lines += ["No plot: matplotlib is not installed (`pip install 'mldcn[plot]'`).", ""]
     return "\n".join(lines)
 
 
+def _flat(record: dict) -> dict:
+    """A record with its per-task ``test`` / ``valid`` metrics as ``test_<task>_<metric>`` columns."""
+    flat = {k: v for k, v in record.items() if k not in ("test", "valid")}
+    for split in ("test", "valid"):
+        for task, metrics in record.get(split, {}).items():
+            flat.update({f"{split}_{task}_{name}": value for name, value in metrics.items()})
+    return flat
+
+
 def _write_csv(results: dict, path: Path) -> None:
-    records = list(results.values())
+    records = [_flat(r) for r in results.values()]
     if not records:
         return
     keys = list(dict.fromkeys(k for r in records for k in r))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mldcn.extras import require
-from mldcn.train.metrics import average_ranks
+from mldcn.metrics import average_ranks
 
 
 def _scipy_stats():

@@ -81,18 +81,18 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 
 def gather_strided(local: torch.Tensor, total: int, ctx: DistContext) -> torch.Tensor:
-    """Reassemble a 1-D tensor whose rank ``r`` holds rows ``r, r + W, r + 2W, ...``.
+    """Reassemble a tensor whose rank ``r`` holds rows ``r, r + W, r + 2W, ...`` (``[n, ...]``).
 
-    Every rank receives the full ``[total]`` tensor in row order.
+    Every rank receives the full ``[total, ...]`` tensor in row order.
     """
     if not ctx.distributed:
         return local
     width = -(-total // ctx.world_size)  # ceil
-    padded = torch.zeros(width, dtype=local.dtype, device=local.device)
-    padded[: local.numel()] = local
+    padded = torch.zeros(width, *local.shape[1:], dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
-    full = torch.empty(total, dtype=local.dtype, device=local.device)
+    full = torch.empty(total, *local.shape[1:], dtype=local.dtype, device=local.device)
     for rank, part in enumerate(parts):
         count = len(range(rank, total, ctx.world_size))
         full[rank :: ctx.world_size] = part[:count]

@@ -1,9 +1,11 @@
 """One training run from a resolved config: data → model → fit → test → files.
 
 A run directory holds ``config.yaml`` (the resolved config: rerunning it
-reproduces the run), ``metrics.jsonl`` (one line per epoch), ``best.pt`` (the
-best weights), ``result.json`` (test metrics, cost, throughput) and ``model/``
-(the model artifact: ``mldcn predict``, ``mldcn export`` and ``mldcn serve`` take it).
+reproduces the run), ``run.json`` (the config and the data's fingerprint),
+``metrics.jsonl`` (one line per epoch), ``best.pt`` (the best weights),
+``last.pt`` (the training state) and ``result.json`` (test metrics per task,
+cost, throughput). The served artifact ``model/`` is written by ``mldcn train``
+(:mod:`mldcn.serve.artifact`), which sits above this package.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from mldcn.config import Config, ConfigError, from_dict, save_yaml, to_dict
+from mldcn.config import ConfigError, from_dict, save_yaml, to_dict
 from mldcn.data.dataset import Dataset
-from mldcn.data.synthetic import SyntheticConfig, make_synthetic
+from mldcn.data.source import DataConfig, load_data
 from mldcn.files import write_text_atomic
 from mldcn.models.config import ModelConfig, model_config_from_dict
 from mldcn.models.flops import model_cost
@@ -33,27 +34,6 @@ from mldcn.train.loop import (
     resolve_precision,
     seed_everything,
 )
-
-
-@dataclass(frozen=True)
-class DataConfig(Config):
-    """Where the data comes from.
-
-    Attributes:
-        source: ``synthetic`` (the embedded generator) or ``prepared`` (a directory
-            written by ``mldcn prepare``).
-        path: the prepared directory (``source: prepared``).
-        synthetic: generator settings (``source: synthetic``).
-    """
-
-    source: Literal["synthetic", "prepared"] = "synthetic"
-    path: str | None = None
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.source == "prepared" and not self.path:
-            raise ConfigError("data.path is required when data.source is 'prepared'")
 
 
 @dataclass(frozen=True)
@@ -82,14 +62,6 @@ def run_config_from_dict(data: dict) -> RunConfig:
     )
 
 
-def load_data(config: DataConfig) -> Dataset:
-    if config.source == "synthetic":
-        return make_synthetic(config.synthetic)
-    from mldcn.data.prepared import load_prepared  # noqa: PLC0415  (issue: real data)
-
-    return load_prepared(config.path)
-
-
 @dataclass
 class RunResult:
     """The outcome of one run."""
@@ -102,12 +74,15 @@ class RunResult:
     seconds: float
     run_dir: Path | None
     precision: str = "fp32"
+    data: dict = field(default_factory=dict)  # the data set's facts (Dataset.info)
 
     def summary(self) -> dict:
         return {
             "family": self.config.model.family,
+            "tasks": [t.to_dict() for t in self.model.embedding.features.tasks],
             "test": self.test,
             "best_valid": self.fit.best_valid,
+            "best_valid_score": self.fit.best_score,
             "best_epoch": self.fit.best_epoch,
             "epochs": len(self.fit.history),
             "train_examples_per_second": self.fit.train_examples_per_second,
@@ -122,7 +97,6 @@ def run(
     run_dir: str | Path | None = None,
     dataset: Dataset | None = None,
     resume: bool = False,
-    save_model: bool = True,
 ) -> RunResult:
     """Train and test one model; write the run directory if ``run_dir`` is given.
 
@@ -130,8 +104,7 @@ def run(
     its shard (:func:`mldcn.train.loop.fit`); rank 0 writes the files. With
     ``resume`` training continues from ``run_dir/last.pt``, after checking that
     the directory was made from the same config and data (:mod:`mldcn.train.rundir`).
-    ``save_model`` writes the served artifact to ``run_dir/model``. The run
-    directory is locked while the run writes it.
+    The run directory is locked while the run writes it.
     """
     sharded = config.train.embedding_sharding != "none"
     if sharded and resume:
@@ -154,10 +127,10 @@ def run(
         if writes:
             save_yaml(config.to_dict(), run_dir / "config.yaml")
             rundir.write_record(run_dir, config.to_dict(), dataset)
-        return _train_and_test(config, dataset, run_dir, writes, resume, save_model, ctx)
+        return _train_and_test(config, dataset, run_dir, writes, resume, ctx)
 
 
-def _train_and_test(config: RunConfig, dataset: Dataset, run_dir, writes: bool, resume: bool, save_model: bool, ctx) -> RunResult:
+def _train_and_test(config: RunConfig, dataset: Dataset, run_dir, writes: bool, resume: bool, ctx) -> RunResult:
     seed_everything(config.train.seed)
     model = create_model(config.model, dataset.features)
     cost = model_cost(model)
@@ -168,22 +141,10 @@ def _train_and_test(config: RunConfig, dataset: Dataset, run_dir, writes: bool, 
         from mldcn.train.sharding import gather_embedding  # noqa: PLC0415  (optional extra)
 
         model.embedding = gather_embedding(model.embedding)  # every rank: plain tables again
-    test = evaluate(model, dataset.test, config.train.eval_batch_size, config.train.precision)
+    test = evaluate(model, dataset.test, config.train.eval_batch_size, config.train.precision, config.train.group_field)
     precision = resolve_precision(config.train.precision, next(model.parameters()).device)
-    outcome = RunResult(config, model, result, test, cost.to_dict(), seconds, run_dir, precision)
+    outcome = RunResult(config, model, result, test, cost.to_dict(), seconds, run_dir, precision, dataset.info)
     if writes:
         summary = {**outcome.summary(), "data": dataset.info, "processes": ctx.world_size}
         write_text_atomic(run_dir / "result.json", json.dumps(summary, indent=2))
-        if save_model:
-            _save_model_artifact(config, model, run_dir / "model", {"test": test, "data": dataset.info})
     return outcome
-
-
-def _save_model_artifact(config: RunConfig, model: RankingModel, directory: Path, extra: dict) -> None:
-    """The served model (``mldcn predict/export/serve``): weights, config, features and, for
-    prepared data, the fitted preprocessing; synthetic-data models take encoded ids."""
-    from mldcn.data.encode import Encoder  # noqa: PLC0415
-    from mldcn.serve.artifact import save_artifact  # noqa: PLC0415
-
-    encoder = Encoder.load(config.data.path) if config.data.source == "prepared" else None
-    save_artifact(directory, model, encoder, extra=extra)

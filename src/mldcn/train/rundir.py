@@ -49,7 +49,10 @@ def data_fingerprint(dataset: Dataset) -> dict:
     facts = {
         "features": dataset.features.to_dict(),
         "rows": {name: len(split) for name, split in splits.items()},
-        "label_mean": {name: round(float(split.label.double().mean()), 12) if len(split) else None for name, split in splits.items()},
+        "label_mean": {
+            name: [round(v, 12) for v in split.labels.double().mean(dim=0).tolist()] if len(split) else None
+            for name, split in splits.items()
+        },
         "source": {k: v for k, v in dataset.info.items() if k in ("schema", "input_fingerprint")},
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,114 @@
+"""How the weights are optimised: the dense weights and the embedding tables — dense, sparse or sharded.
+
+:func:`set_up` returns an :class:`Optimisation`: the module the loop calls (the
+model itself, wrapped in ``DistributedDataParallel`` under ``torchrun``, or in
+TorchRec's ``DistributedModelParallel`` with sharded tables), its optimisers,
+the parameters whose gradient norm is clipped and the tables the embedding
+regulariser reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mldcn.config import ConfigError
+from mldcn.models.ranking import RankingModel
+from mldcn.train.distributed import DistContext
+
+
+@dataclass
+class Optimisation:
+    """The module to call, its optimisers, what is clipped and what is regularised."""
+
+    net: nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    clip_params: list[nn.Parameter]
+    tables: list[nn.Parameter] = field(default_factory=list)
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def step(self, clip_norm: float | None) -> None:
+        if clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.clip_params, clip_norm)
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def decay(self, factor: float, floor: float) -> None:
+        """Multiply every learning rate by ``factor``, not below ``floor`` (the plateau schedule)."""
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = max(group["lr"] * factor, floor)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    def state_dicts(self) -> list[dict]:
+        return [optimizer.state_dict() for optimizer in self.optimizers]
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"{len(states)} optimiser states for {len(self.optimizers)} optimisers")
+        for optimizer, state in zip(self.optimizers, states):
+            optimizer.load_state_dict(state)
+
+
+def _dense_class(config):
+    return torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+
+
+def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]:
+    """The dense optimiser and, if asked for, a separate one for the embedding tables."""
+    tables = model.embedding.tables()
+    table_ids = {id(t) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in table_ids and p.requires_grad]
+    dense_cls = _dense_class(config)
+    if config.embedding_optimizer == "same":
+        model.embedding.sparse = False
+        return [dense_cls(dense + tables, lr=config.lr, weight_decay=config.weight_decay)]
+    optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)] if dense else []
+    lr = config.embedding_lr or config.lr
+    model.embedding.sparse = config.embedding_optimizer in ("adagrad", "sparse_adam")
+    if tables:
+        if config.embedding_optimizer == "adam":
+            optimizers.append(torch.optim.Adam(tables, lr=lr))
+        elif config.embedding_optimizer == "adagrad":
+            optimizers.append(torch.optim.Adagrad(tables, lr=lr))
+        else:
+            optimizers.append(torch.optim.SparseAdam(tables, lr=lr))
+    return optimizers
+
+
+def _sharded(model: RankingModel, config, device: torch.device, ctx: DistContext) -> Optimisation:
+    from mldcn.train.sharding import dense_parameters, shard_model  # noqa: PLC0415  (optional extra)
+
+    fused = "adagrad" if config.embedding_optimizer in ("same", "adagrad") else "adam"
+    if fused == "adam" and device.type == "cpu":
+        raise ConfigError("fused Adam for sharded tables runs on GPU only (fbgemm); use embedding_optimizer adagrad on CPU")
+    net = shard_model(model, config.embedding_sharding, ctx.world_size, fused, config.embedding_lr or 0.01, device)
+    dense = dense_parameters(net)
+    optimizer = _dense_class(config)(dense, lr=config.lr, weight_decay=config.weight_decay)
+    return Optimisation(net, [optimizer], dense)
+
+
+def set_up(model: RankingModel, config, device: torch.device, ctx: DistContext) -> Optimisation:
+    """Move ``model`` to ``device`` and wrap it for training as ``config`` asks."""
+    model.to(device)
+    if config.embedding_sharding != "none":
+        optimisation = _sharded(model, config, device, ctx)
+    else:
+        optimizers = build_optimizers(model, config)
+        sparse_tables = model.embedding.tables() if model.embedding.sparse else []
+        clip = [p for p in model.parameters() if not any(p is t for t in sparse_tables)]
+        net: nn.Module = model
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimisation = Optimisation(net, optimizers, clip, model.embedding.tables())
+    if config.compile:
+        optimisation.net = torch.compile(optimisation.net)
+    return optimisation
