@@ -178,6 +178,68 @@ def test_standardize_constant_column_does_not_divide_by_zero(tmp_path):
     assert data.test.numeric[:, 0].tolist() == [1.0]
 
 
+# ---------------------------------------------------------------------------- NaN and infinity
+
+NAN_SCHEMA = schema(
+    categorical=[
+        {"name": "b", "source": "x", "derive": "bucketize", "num_buckets": 3, "fill": 2.0},
+        {"name": "l", "source": "x", "derive": "log_square_bucket", "fill": 5.0},
+    ],
+    numeric=[
+        {"name": "raw", "source": "x", "fill": -1.0},
+        {"name": "std", "source": "x", "transform": "log_standardize", "fill": 3.0},
+    ],
+)
+
+
+def assert_same_prepared(a: Path, b: Path) -> None:
+    first, second = load_prepared(a), load_prepared(b)
+    assert first.features == second.features
+    for split in ("train", "valid", "test"):
+        for name in ("categorical", "numeric", "label"):
+            assert torch.equal(getattr(getattr(first, split), name), getattr(getattr(second, split), name)), (split, name)
+    assert Encoder.load(a).numeric_stats == Encoder.load(b).numeric_stats
+    np.testing.assert_array_equal(Encoder.load(a).boundaries["b"], Encoder.load(b).boundaries["b"])
+
+
+def test_csv_nan_encodes_exactly_like_an_empty_field(tmp_path):
+    xs = ["1", "nan", "4", "NaN", "9", "NAN", "16", "", "25"]
+    rows = lambda values: [f"{i % 2},{v}" for i, v in enumerate(values)]  # noqa: E731
+    empty = ["" if v.lower() == "nan" else v for v in xs]
+    prepare_files(tmp_path / "nan", NAN_SCHEMA, "label,x", rows(xs), rows(xs[:4]), rows(xs[4:]))
+    prepare_files(tmp_path / "empty", NAN_SCHEMA, "label,x", rows(empty), rows(empty[:4]), rows(empty[4:]))
+    assert_same_prepared(tmp_path / "nan" / "out", tmp_path / "empty" / "out")
+    assert load_prepared(tmp_path / "nan" / "out").train.numeric[1, 0].item() == -1.0  # the fill
+
+
+def test_parquet_nan_encodes_exactly_like_a_null(tmp_path):
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    s = dataclasses.replace(NAN_SCHEMA, format="parquet")
+    xs = [1.0, float("nan"), 4.0, float("nan"), 9.0, 16.0, None, 25.0]
+    for kind in ("nan", "null"):
+        values = [None if kind == "null" and v is not None and math.isnan(v) else v for v in xs]
+        path = tmp_path / f"{kind}.parquet"
+        pq.write_table(pa.table({"label": [i % 2 for i in range(len(xs))], "x": pa.array(values, pa.float64())}), path)
+        prepare(s, tmp_path / kind, train=path, valid=path, test=path)
+    assert_same_prepared(tmp_path / "nan", tmp_path / "null")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "1e400"])
+def test_an_infinite_value_is_a_bad_row(tmp_path, value):
+    s = schema(numeric=[{"name": "x"}])
+    files = {
+        "train": write_csv(tmp_path / "train.csv", "label,x", ["1,1", "0,2"]),
+        "valid": write_csv(tmp_path / "valid.csv", "label,x", ["1,1"]),
+        "test": write_csv(tmp_path / "test.csv", "label,x", ["1,1", f"0,{value}", "1,3"]),
+    }
+    with pytest.raises(DataError, match=f"{files['test']}:3: field 'x': '{value}' is not a finite number"):
+        prepare(s, tmp_path / "out", **files)
+    report = prepare(s, tmp_path / "out", **files, on_bad_rows="skip")
+    assert (report["rows_read"], report["rows_written"], report["rows_skipped"]) == (6, 5, 1)
+    assert torch.isfinite(load_prepared(tmp_path / "out").test.numeric).all()
+
+
 # ---------------------------------------------------------------------------- derived categoricals
 
 
@@ -560,6 +622,144 @@ def test_missing_or_broken_feature_map_is_a_clear_error(full, tmp_path):
         load_prepared(tmp_path / "nothing_here")
 
 
+# ---------------------------------------------------------------------------- prepared arrays unlike the feature map
+
+
+def corrupt(out: Path, split: str, name: str, index: tuple, value) -> Path:
+    """Write ``value`` at ``index`` of a prepared array in place, as a bad disk or a bug would."""
+    feature_map = json.loads((out / "feature_map.json").read_text())
+    rows = feature_map["rows"][split]
+    fields = feature_map["features"]
+    shapes = {
+        "categorical": ("<i4", (rows, len(fields["categorical"]))),
+        "numeric": ("<f4", (rows, len(fields["numeric"]))),
+        "label": ("<f4", (rows,)),
+        "sequence": ("<i4", (rows, len(fields["sequence"]), max(f["max_len"] for f in fields["sequence"]))),
+    }
+    dtype, shape = shapes[name]
+    path = out / split / f"{name}.bin"
+    array = np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+    array[index] = value
+    array.flush()
+    del array
+    return path
+
+
+def vocab_size(out: Path, kind: str, name: str) -> int:
+    fields = json.loads((out / "feature_map.json").read_text())["features"][kind]
+    return next(f["vocab_size"] for f in fields if f["name"] == name)
+
+
+# (split, array, index, value or the field whose vocab_size is the value, expected message parts)
+CORRUPTIONS = {
+    "id_at_vocab_size": ("train", "categorical", (37, 1), "h", ["row 37, field 'h': id 6 is outside [0, 6)"]),
+    "negative_id": ("valid", "categorical", (0, 0), -1, ["row 0, field 'c': id -1 is outside [0, "]),
+    "sequence_id": ("test", "sequence", (59, 1, 1), "t", ["row 59, field 't': id 6 is outside [0, 6)"]),
+    "label_nan": ("train", "label", (12,), np.nan, ["row 12: label nan is not 0 or 1"]),
+    "label_half": ("test", "label", (3,), 0.5, ["row 3: label 0.5 is not 0 or 1"]),
+    "numeric_inf": ("train", "numeric", (199, 0), np.inf, ["row 199, field 'x': inf is not a finite number"]),
+    "numeric_nan": ("valid", "numeric", (7, 0), np.nan, ["row 7, field 'x': nan is not a finite number"]),
+}
+
+
+@pytest.mark.parametrize("check_bytes", [None, 40], ids=["one_block", "blocks_of_a_few_rows"])
+@pytest.mark.parametrize("mmap", [False, True], ids=["in_memory", "mmap"])
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_prepared_values_outside_the_feature_map_are_a_clear_error(full, monkeypatch, case, mmap, check_bytes):
+    import mldcn.data.prepared as prepared  # noqa: PLC0415
+
+    if check_bytes is not None:
+        monkeypatch.setattr(prepared, "CHECK_BLOCK_BYTES", check_bytes)
+    out, _ = full
+    split, name, index, value, expected = CORRUPTIONS[case]
+    if isinstance(value, str):
+        value = vocab_size(out, "sequence" if name == "sequence" else "categorical", value)
+    path = corrupt(out, split, name, index, value)
+    for load in (lambda: load_prepared(out, mmap=mmap), lambda: load_split(out, split, mmap=mmap)):
+        with pytest.raises(FeatureMapError) as error:
+            load()
+        message = str(error.value)
+        assert message.startswith(f"{path}: "), message
+        for part in expected:
+            assert part in message, message
+        assert "prepare the data again" in message
+
+
+def test_the_first_bad_row_is_reported(full, monkeypatch):
+    import mldcn.data.prepared as prepared  # noqa: PLC0415
+
+    monkeypatch.setattr(prepared, "CHECK_BLOCK_BYTES", 64)  # 4 rows of 16 bytes per block
+    out, _ = full
+    corrupt(out, "train", "categorical", (150, 0), 10_000)
+    corrupt(out, "train", "categorical", (90, 3), 10_000)
+    corrupt(out, "train", "categorical", (90, 2), -5)  # the same row: the first field is named
+    with pytest.raises(FeatureMapError, match="row 90, field 'b': id -5 is outside"):
+        load_prepared(out, mmap=True)
+
+
+def test_prepare_rebuilds_corrupt_values_instead_of_reusing_them(full):
+    out, files = full
+    corrupt(out, "train", "label", (5,), 7.0)
+    report = prepare(FULL_SCHEMA, out, **files)
+    assert report["reused"] is False
+    assert set(load_prepared(out).train.label.unique().tolist()) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------------------- prepared output appears only complete
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` (hidden ones included) and its bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("bad_input", ["train", "test"], ids=["fit_pass", "encode_pass"])
+def test_a_failed_prepare_leaves_the_earlier_directory_as_it_was(full, bad_input):
+    out, files = full
+    before, loaded = snapshot(out), load_prepared(out)
+    rows = full_rows(400, 7)
+    rows[350] = "0,c1,zz,g1,t1"  # line 352: not a number, far past the first chunks
+    bad = write_csv(out.parent / f"bad_{bad_input}.csv", FULL_HEADER, rows)
+    with pytest.raises(DataError, match=f"{bad}:352: field 'x'"):
+        prepare(FULL_SCHEMA, out, **{**files, bad_input: bad}, chunk_bytes=1024)
+    assert snapshot(out) == before  # nothing half-written, no temporary folder left
+    again = load_prepared(out)
+    assert again.info == loaded.info
+    for split in ("train", "valid", "test"):
+        assert torch.equal(getattr(again, split).categorical, getattr(loaded, split).categorical)
+
+
+def test_an_interrupted_prepare_leaves_the_earlier_directory_as_it_was(full):
+    out, files = full
+    before = snapshot(out)
+
+    def interrupt(message: str) -> None:
+        if message == f"encoding {files['test']}":  # train and valid are written by now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare(FULL_SCHEMA, out, **files, force=True, progress=interrupt)
+    assert snapshot(out) == before
+    assert load_prepared(out).info["test_rows"] == 60
+
+
+def test_a_failed_first_prepare_leaves_no_output_directory(tmp_path):
+    train = write_csv(tmp_path / "train.csv", FULL_HEADER, full_rows(50, 0))
+    bad = write_csv(tmp_path / "bad.csv", FULL_HEADER, ["1,c1,2,,", "2,c1,2,,"])
+    with pytest.raises(DataError, match=f"{bad}:3: field 'label'"):
+        prepare(FULL_SCHEMA, tmp_path / "out", train=train, valid=train, test=bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_successful_prepare_replaces_only_its_own_entries(full):
+    out, files = full
+    (out / "NOTES.txt").write_text("mine")
+    write_csv(files["test"], FULL_HEADER, full_rows(61, 5))
+    prepare(FULL_SCHEMA, out, **files)
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.txt", "feature_map.json", "test", "train", "valid", "vocab"]
+    assert load_prepared(out).info["test_rows"] == 61
+
+
 def test_encoder_save_load_round_trip(full, tmp_path):
     out, files = full
     encoder = Encoder.load(out)
@@ -674,3 +874,17 @@ def test_cli_prepare_random_split_and_min_count(tmp_path, capsys):
     capsys.readouterr()
     assert Encoder.load(out).vocabularies["c"].to_pylist() == []
     assert load_prepared(out).train.categorical.abs().sum() == 0
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(full):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    out, files = full
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out / f".prepare.tmp-{int(gone.stdout)}"  # as left by a run killed with SIGKILL
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "label.bin").write_bytes(b"half")
+    prepare(FULL_SCHEMA, out, **files, force=True)
+    assert not stale.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["feature_map.json", "test", "train", "valid", "vocab"]

@@ -5,20 +5,25 @@ one (libfm, headerless TSV) it is line 1. Each case writes a tiny file into
 ``tmp_path`` and reads it twice: with the default ``on_bad_rows="error"`` (a
 :class:`DataError` naming path, line and field) and with ``"skip"`` (the bad row
 is dropped, counted and listed with its line and reason, and
-``rows_read == rows_kept + rows_skipped``).
+``rows_read == rows_kept + rows_skipped``). In a case's text, ``\\udcXX`` stands for
+the raw byte 0xXX (written with ``surrogateescape``): bytes that are not UTF-8.
 """
 
 from __future__ import annotations
 
 import gzip
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from mldcn.data.readers import DataError, ReadStats, read_chunks
+from mldcn.data.readers import DataError, ReadStats, as_float, read_chunks
 from mldcn.data.schema import schema_from_dict
 
 # label, one categorical, one numeric: three columns
@@ -38,13 +43,24 @@ LIBFM = schema_from_dict(
         "categorical": [{"name": "f0"}, {"name": "f1"}, {"name": "f2"}],
     }
 )
+# the CSV schema's columns in a Parquet file (line numbers are row numbers from 1)
+PARQUET = schema_from_dict(
+    {
+        "name": "tiny_parquet",
+        "format": "parquet",
+        "label": {"name": "label"},
+        "categorical": [{"name": "c"}],
+        "numeric": [{"name": "x"}],
+    }
+)
 GOOD_CSV = ["1,a,2", "0,b,3", "1,c,4", "0,d,5"]
 GOOD_RATED = ["1,a", "4,b", "5,c", "2,d"]
 GOOD_LIBFM = ["1 1:1 5:1 9:1", "-1 2:1 6:1 9:1", "1 3:1 7:1 9:1", "-1 4:1 8:1 9:1"]
 
 
 def write(path: Path, lines: list[str]) -> Path:
-    path.write_text("".join(line + "\n" for line in lines))
+    """One line each; ``\\udcXX`` in a line is written as the raw byte 0xXX."""
+    path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -106,6 +122,20 @@ BAD_CASES = {
     "libfm_too_few_features": libfm_case("1 3:1 7:1", "f2", "expected 4 columns, found 3"),
     "libfm_too_many_features": libfm_case("1 3:1 7:1 9:1 11:1", None, "expected 4 columns, found 5"),
     "libfm_label_text": libfm_case("click 3:1 7:1 9:1", "label", "label 'click' is not a number"),
+    # bytes that are not UTF-8 (0xe9 is Latin-1 "é") are a bad row, not a reader error
+    "not_utf8_categorical": csv_case("0,caf\udce9,6", "c", "not valid UTF-8 text (byte 0xe9 at position 3 of b'caf\\xe9')"),
+    "not_utf8_numeric": csv_case("0,e,6\udcff", "x", "not valid UTF-8 text (byte 0xff at position 1"),
+    "not_utf8_label": csv_case("\udcc31,e,6", "label", "not valid UTF-8 text"),
+    "not_utf8_threshold_label": rated_case("4,\udce9t\udce9", "c", "not valid UTF-8 text"),
+    "not_utf8_libfm": libfm_case("1 3:1 7\udce9:1 9:1", "f1", "not valid UTF-8 text"),
+    # NaN is a missing value (a missing label is bad); an infinity is never valid
+    "nan_label": csv_case("nan,e,6", "label", "missing label"),
+    "infinite_value": csv_case("0,e,inf", "x", "'inf' is not a finite number"),
+    "minus_infinity_value": csv_case("0,e,-Infinity", "x", "'-Infinity' is not a finite number"),
+    "overflowing_value": csv_case("0,e,1e400", "x", "'1e400' is not a finite number"),
+    "infinite_label": csv_case("inf,e,6", "label", "label 'inf' is not a finite number"),
+    "threshold_label_nan": rated_case("NaN,e", "rating", "missing label"),
+    "threshold_label_infinite": rated_case("Infinity,e", "rating", "label 'Infinity' is not a finite number"),
 }
 
 
@@ -347,3 +377,182 @@ def test_counts_add_up_over_files_sharing_stats(tmp_path):
     assert stats.rows_read == 130
     assert stats.rows_kept == kept == 130 - 11
     assert_accounted(stats)
+
+
+# ---------------------------------------------------------------------------- NaN and infinity
+
+
+def test_nan_text_in_a_numeric_field_is_a_missing_value(tmp_path):
+    path = write(tmp_path / "nan.csv", ["label,c,x", "1,a,nan", "0,b,NaN", "1,c, NAN ", "0,d,", "1,e,2.5"])
+    lines, stats, chunks = read(path)
+    assert lines == [2, 3, 4, 5, 6] and stats.rows_skipped == 0
+    values = np.concatenate([as_float(chunk.columns["x"], -7.0) for chunk in chunks])
+    np.testing.assert_array_equal(values, [-7.0, -7.0, -7.0, -7.0, 2.5])  # NaN is filled like an empty field
+
+
+def test_only_an_empty_field_is_missing_text_like_na_or_null_is_a_value(tmp_path):
+    """Arrow's own list of null spellings (NA, NULL, N/A, nan, ...) does not apply."""
+    values = ["NA", "NULL", "N/A", "nan", "null", "#N/A", ""]
+    path = write(tmp_path / "na.csv", ["label,c,x"] + [f"1,{v},1" for v in values])
+    _, _, chunks = read(path)
+    assert column(chunks, "c") == values[:-1] + [None]
+    bad = write(tmp_path / "null_number.csv", ["label,c,x", "1,a,1", "0,b,NULL"])
+    with pytest.raises(DataError, match=re.escape(f"{bad}:3: field 'x': 'NULL' is not a number")):
+        read(bad)
+
+
+def write_parquet(path: Path, label: list, x: list) -> Path:
+    columns = {"label": pa.array(label, pa.float64()), "c": [f"v{i}" for i in range(len(x))], "x": pa.array(x, pa.float64())}
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_parquet_nan_is_missing_and_infinity_is_a_bad_row(tmp_path):
+    nan = write_parquet(tmp_path / "nan.parquet", [1, 0, 1, 0], [1.0, float("nan"), None, 4.0])
+    _, stats, chunks = read(nan, PARQUET)
+    assert stats.rows_kept == 4
+    np.testing.assert_array_equal(as_float(chunks[0].columns["x"], -7.0), [1.0, -7.0, -7.0, 4.0])
+    for value in (float("inf"), float("-inf")):
+        path = write_parquet(tmp_path / "inf.parquet", [1, 0, 1, 0], [1.0, 2.0, value, 4.0])
+        with pytest.raises(DataError, match=re.escape(f"{path}:3: field 'x': {value} is not a finite number")):
+            read(path, PARQUET)
+        lines, stats, _ = read(path, PARQUET, "skip")
+        assert lines == [1, 2, 4]
+        assert (stats.rows_read, stats.rows_kept, stats.rows_skipped) == (4, 3, 1)
+        assert [b.line for b in stats.examples] == [3]
+
+
+def test_parquet_nan_or_infinite_label_is_a_bad_row(tmp_path):
+    path = write_parquet(tmp_path / "labels.parquet", [1, float("nan"), float("inf"), 0, None], [1.0] * 5)
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: field 'label': missing label")):
+        read(path, PARQUET)
+    lines, stats, _ = read(path, PARQUET, "skip")
+    assert lines == [1, 4]
+    assert [(b.line, b.reason) for b in stats.examples] == [
+        (2, "field 'label': missing label"),
+        (3, "field 'label': label inf is not a finite number"),
+        (5, "field 'label': missing label"),
+    ]
+    assert_accounted(stats)
+
+
+# ---------------------------------------------------------------------------- text that is not UTF-8
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 256, 1 << 20])
+def test_not_utf8_rows_keep_their_file_lines_across_chunks(tmp_path, chunk_bytes):
+    rows = many_rows(100)
+    rows[12] = "1,v13\udce9,1"  # line 13
+    rows[59] = "0,v60,\udcff"  # line 60, the numeric field
+    rows[60] = "1,v61"  # line 61: too few columns (its bytes are UTF-8)
+    path = write(tmp_path / "latin1.csv", rows)
+    with pytest.raises(DataError) as error:
+        read(path, chunk_bytes=chunk_bytes)
+    message = str(error.value)
+    assert message.startswith(f"{path}:13: field 'c': not valid UTF-8 text (byte 0xe9 at position 3 of b'v13\\xe9')")
+    assert "Row #" not in message  # not Arrow's row count
+    lines, stats, chunks = read(path, on_bad_rows="skip", chunk_bytes=chunk_bytes)
+    assert lines == [line for line in range(2, 102) if line not in (13, 60, 61)]
+    assert column(chunks, "c") == [f"v{line}" for line in lines]
+    assert (stats.rows_read, stats.rows_kept, stats.rows_skipped) == (100, 97, 3)
+    assert sorted((b.line, b.reason.split(":")[0]) for b in stats.examples) == [
+        (13, "field 'c'"),
+        (60, "field 'x'"),
+        (61, "expected 3 columns, found 2 (no value for field 'x')"),
+    ]
+
+
+def test_valid_utf8_text_is_read_as_strings(tmp_path):
+    path = write(tmp_path / "utf8.csv", ["label,c,x", "1,café,1", "0,日本,2"])
+    _, _, chunks = read(path)
+    assert column(chunks, "c") == ["café", "日本"]
+    assert chunks[0].columns["c"].type == pa.string()
+
+
+def test_parquet_binary_column_that_is_not_utf8_is_a_bad_row(tmp_path):
+    path = tmp_path / "bytes.parquet"
+    table = pa.table(
+        {
+            "label": pa.array([1, 0, 1], pa.int64()),
+            "c": pa.array([b"a", b"caf\xe9", b"c"], pa.binary()),
+            "x": pa.array([1.0, 2.0, 3.0]),
+        }
+    )
+    pq.write_table(table, path)
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: field 'c': not valid UTF-8 text")):
+        read(path, PARQUET)
+    lines, stats, chunks = read(path, PARQUET, "skip")
+    assert lines == [1, 3] and column(chunks, "c") == ["a", "c"]
+    assert (stats.rows_read, stats.rows_kept, stats.rows_skipped) == (3, 2, 1)
+
+
+# A script that reads a file, prints the DataError and exits while its traceback is
+# still alive: the pattern that let Arrow free its CSV reader (and the Python row
+# handler it holds) on an I/O thread while the interpreter shut down, which aborted
+# the process with "terminate called without an active exception" (exit 134).
+READ_AND_EXIT = """
+import sys
+from mldcn.data.readers import DataError, read_chunks
+from mldcn.data.schema import schema_from_dict
+schema = schema_from_dict({"name": "t", "label": {"name": "label"}, "categorical": [{"name": "c"}], "numeric": [{"name": "x"}]})
+try:
+    for chunk in read_chunks(sys.argv[1], schema, chunk_bytes=int(sys.argv[2])):
+        pass
+except DataError as error:
+    print(error, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_a_read_error_never_aborts_the_process(tmp_path):
+    """Ten processes that stop on a bad file: each exits 2 with the message, none aborts (134)."""
+    rows = many_rows(40)
+    rows[12] = "1,caf\udce9,3"
+    not_utf8 = write(tmp_path / "latin1.csv", rows)
+    good = write(tmp_path / "good.csv", many_rows(40))
+    no_x = write(tmp_path / "no_x.csv", ["label,c,y"] + rows[1:])  # a reader error: column missing
+    data = gzip.compress("\n".join(many_rows(5000)).encode())
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(data[: len(data) // 2])  # a reader error mid-file
+    schema = tmp_path / "schema.yaml"
+    schema.write_text("name: t\nlabel: {name: label}\ncategorical:\n  - {name: c}\nnumeric:\n  - {name: x}\n")
+    prepare = [sys.executable, "-m", "mldcn", "prepare", "--schema", str(schema), "--out", str(tmp_path / "out")]
+    prepare += ["--train", str(not_utf8), "--valid", str(good), "--test", str(good)]
+
+    def read_and_exit(path: Path, chunk_bytes: int) -> list[str]:
+        return [sys.executable, "-c", READ_AND_EXIT, str(path), str(chunk_bytes)]
+
+    not_utf8_message = f"{not_utf8}:13: field 'c': not valid UTF-8 text"
+    runs = [
+        (read_and_exit(not_utf8, 256), not_utf8_message),
+        (read_and_exit(not_utf8, 1 << 16), not_utf8_message),
+        (read_and_exit(no_x, 1 << 16), "missing"),
+        (read_and_exit(truncated, 1 << 12), "truncated"),
+        (prepare, not_utf8_message),
+    ] * 2
+    for start in range(0, len(runs), 2):  # two at a time
+        processes = [
+            (message, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for command, message in runs[start : start + 2]
+        ]
+        for message, process in processes:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 2, (process.args, process.returncode, err)
+            assert "terminate called" not in err
+            assert message in err, err
+
+
+# pyarrow reports its failure to decode the row for the handler as an unraisable exception
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("mode", ["error", "skip"])
+@pytest.mark.parametrize("chunk_bytes", [64, 1 << 20])
+def test_a_short_row_that_is_not_utf8_stops_the_reader_with_its_line(tmp_path, mode, chunk_bytes):
+    """pyarrow cannot hand such a row to the row handler; the error still names its line."""
+    rows = many_rows(40)
+    rows[29] = "1,caf\udce9"  # line 30
+    path = write(tmp_path / "short_latin1.csv", rows)
+    with pytest.raises(DataError) as error:
+        read(path, on_bad_rows=mode, chunk_bytes=chunk_bytes)
+    message = str(error.value)
+    assert message.startswith(f"{path}:30: expected 3 columns, found 2, in text that is not UTF-8"), message
+    assert "correct it in the file" in message

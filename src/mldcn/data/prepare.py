@@ -16,12 +16,19 @@ Splits: three given files; a seeded random split of one file (by a hash of the
 line number, so it does not depend on chunking); or a split on a time column.
 A rerun with the same inputs (path, size, modification time), schema and split
 reuses the prepared directory.
+
+The output appears only complete: everything is built in ``<out>/.prepare.tmp-<pid>``
+and moved into place when whole, ``feature_map.json`` last. A run that fails
+(a bad row, an interrupt) removes its temporary folder and leaves an earlier
+prepared directory at ``<out>`` as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -38,6 +45,7 @@ from mldcn.config import Config, ConfigError, to_dict
 from mldcn.data.encode import FORMAT_VERSION, Encoder, Fitter, read_feature_map
 from mldcn.data.readers import CHUNK_BYTES, DataError, OnBadRows, RawChunk, ReadStats, read_chunks
 from mldcn.data.schema import DataSchema
+from mldcn.files import temporary_sibling
 
 SPLITS = ("train", "valid", "test")
 
@@ -150,7 +158,7 @@ def _fingerprint(schema: DataSchema, split: SplitConfig, inputs: dict, on_bad_ro
 
 
 def _arrays_intact(out_dir: Path) -> bool:
-    """Every split's arrays exist with the size the feature map says (cheap: no reading)."""
+    """Every split's arrays load: the sizes and values the feature map says (one read of each)."""
     from mldcn.data.prepared import load_split  # noqa: PLC0415  (prepared imports this module)
 
     try:
@@ -201,29 +209,93 @@ def prepare(
             previous = {}
         if previous.get("fingerprint") == fingerprint and _arrays_intact(out_dir):
             return {**previous["report"], "reused": True}
-    if out_dir.exists():
-        for name in ("feature_map.json", "vocab", *SPLITS):
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    extra = [split.time_column] if split.kind == "time" else []
+    created = not out_dir.exists()
+    _remove_stale_builds(out_dir)
+    building = temporary_sibling(out_dir / "prepare")  # <out>/.prepare.tmp-<pid>: same file system as <out>
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
     echo = progress or (lambda message: None)
+    try:
+        encoder, report = _build(schema, building, inputs, split, on_bad_rows, chunk_bytes, echo)
+        encoder.save(
+            building,
+            extra={
+                "fingerprint": fingerprint,
+                "split": to_dict(split),
+                "inputs": {k: str(v) for k, v in inputs.items()},
+                "rows": {name: entry["rows"] for name, entry in report["splits"].items()},
+                "report": report,
+            },
+        )
+        _move_into_place(building, out_dir)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a first run that failed leaves nothing behind
+    return report
+
+
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Remove the temporary folders of earlier runs that were killed (their process is gone)."""
+    for folder in out_dir.glob(".prepare.tmp-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _move_into_place(built: Path, out_dir: Path) -> None:
+    """Replace ``out_dir``'s prepared entries by the ``built`` ones (other files there stay).
+
+    The old ``feature_map.json`` goes first and the new one comes last: without it
+    the directory is not a prepared one, so a reader sees the old data, none, or
+    the new data, never a mix. The old entries go into ``built`` (removed by the caller).
+    """
+    old = built / "old"
+    old.mkdir()
+    if (out_dir / "feature_map.json").exists():
+        os.replace(out_dir / "feature_map.json", old / "feature_map.json")
+    for name in ("vocab", *SPLITS):
+        if (out_dir / name).exists() or (out_dir / name).is_symlink():
+            os.replace(out_dir / name, old / name)
+        os.replace(built / name, out_dir / name)
+    os.replace(built / "feature_map.json", out_dir / "feature_map.json")
+
+
+def _build(
+    schema: DataSchema,
+    directory: Path,
+    inputs: dict,
+    split: SplitConfig,
+    on_bad_rows: OnBadRows,
+    chunk_bytes: int,
+    echo,
+) -> tuple[Encoder, dict]:
+    """Fit, then encode every split's arrays into ``directory``; (the fitted encoder, the report)."""
+    extra = [split.time_column] if split.kind == "time" else []
     start = time.perf_counter()
 
-    def chunks(path, stats=None) -> Iterator[RawChunk]:
-        return read_chunks(path, schema, on_bad_rows, stats, chunk_bytes, extra_columns=extra)
+    def chunks(path, stats=None) -> contextlib.closing[Iterator[RawChunk]]:
+        """The file's chunks; the reader is closed when the ``with`` block ends, however it ends."""
+        return contextlib.closing(read_chunks(path, schema, on_bad_rows, stats, chunk_bytes, extra_columns=extra))
 
     # pass 1: fit on the training rows only
     echo("fitting vocabularies and statistics on the training rows")
     fitter = Fitter(schema, seed=split.seed)
-    if split.kind == "files":
-        for chunk in chunks(train):
-            fitter.update(chunk.columns)
-    else:
-        for chunk in chunks(input):
+    with chunks(inputs["train"] if split.kind == "files" else inputs["input"]) as stream:
+        for chunk in stream:
+            if split.kind == "files":
+                fitter.update(chunk.columns)
+                continue
             mask = _route(chunk, split) == 0
             if mask.any():
                 fitter.update(_take(chunk, mask).columns)
@@ -235,23 +307,24 @@ def prepare(
 
     # pass 2: encode every split
     has_sequence = bool(schema.sequence)
-    writers = {name: _SplitWriter(out_dir / name, has_sequence, len(schema.labels)) for name in SPLITS}
+    writers = {name: _SplitWriter(directory / name, has_sequence, len(schema.labels)) for name in SPLITS}
     stats_list = []
     try:
         for role, path in inputs.items():
             echo(f"encoding {path}")
             stats = ReadStats(str(path))
             stats_list.append(stats)
-            for chunk in chunks(path, stats):
-                encoded = encoder.encode(chunk.columns, chunk.labels)
-                if role != "input":
-                    writers[role].write(encoded)
-                    continue
-                route = torch.from_numpy(_route(chunk, split))
-                for index, name in enumerate(SPLITS):
-                    mask = route == index
-                    if mask.any():
-                        writers[name].write(encoded.take(mask))
+            with chunks(path, stats) as stream:
+                for chunk in stream:
+                    encoded = encoder.encode(chunk.columns, chunk.labels)
+                    if role != "input":
+                        writers[role].write(encoded)
+                        continue
+                    route = torch.from_numpy(_route(chunk, split))
+                    for index, name in enumerate(SPLITS):
+                        mask = route == index
+                        if mask.any():
+                            writers[name].write(encoded.take(mask))
     finally:
         for writer in writers.values():
             writer.close()
@@ -278,14 +351,4 @@ def prepare(
         "rows_per_second": rows_read / seconds if seconds > 0 else float("nan"),
         "reused": False,
     }
-    encoder.save(
-        out_dir,
-        extra={
-            "fingerprint": fingerprint,
-            "split": to_dict(split),
-            "inputs": {k: str(v) for k, v in inputs.items()},
-            "rows": {name: w.rows for name, w in writers.items()},
-            "report": report,
-        },
-    )
-    return report
+    return encoder, report

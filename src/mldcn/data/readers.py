@@ -2,19 +2,28 @@
 
 A reader yields :class:`RawChunk` s: the columns a schema needs, as Arrow arrays,
 with the file line (or Parquet row) number of every row, after validating each
-row. A bad row (wrong column count, missing or non-binary label, non-numeric
-value in a numeric field, libfm feature that is not ``id:1``) either raises a
-:class:`DataError` naming file, line and field, or, with ``on_bad_rows="skip"``,
-is dropped and recorded in :class:`ReadStats` — rows read = rows kept + rows
-skipped, always.
+row. A bad row (wrong column count, text that is not UTF-8, missing or
+non-binary label, a numeric field that is not a number or is infinite, libfm
+feature that is not ``id:1``) either raises a :class:`DataError` naming file,
+line and field, or, with ``on_bad_rows="skip"``, is dropped and recorded in
+:class:`ReadStats` — rows read = rows kept + rows skipped, always.
+
+Missing values: an empty CSV field, a Parquet null, and in a numeric field (or
+the label) a NaN — the Parquet float NaN or the text ``nan`` in any letter case.
+A missing number is filled with its column's ``fill``; a missing label makes the
+row bad. ``inf``, ``-Infinity`` or a number too large for float64 is never valid.
 
 Parsing and validation are vectorised (Arrow C++ kernels); memory is bounded by
-the chunk size, so a file larger than memory streams.
+the chunk size, so a file larger than memory streams. CSV text is read as bytes
+and checked for UTF-8 here, so that bad text is a bad row with its line rather
+than an error inside Arrow's parser.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +42,9 @@ CHUNK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 262_144
 MAX_BAD_ROW_EXAMPLES = 20
 
-_NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+# what Arrow's string -> float cast reads, with surrounding blanks: decimals, nan, inf, infinity
+_NUMBER = r"(?i)^\s*[-+]?((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|nan|inf|infinity)\s*$"
+_RELEASE_SECONDS = 30.0  # longest wait for Arrow to free a CSV reader (normally well under 1 ms)
 
 
 class DataError(ValueError):
@@ -109,12 +120,15 @@ def read_chunks(
     else:
         batches = _csv_batches(path, schema, needed, stats, chunk_bytes, on_bad_rows)
     rows_before = stats.rows_read
-    for columns, lines in batches:
-        if schema.format == "parquet":
-            stats.rows_read += len(lines)
-        chunk = _validate(path, schema, columns, lines, stats, on_bad_rows, require_label)
-        if len(chunk):
-            yield chunk
+    try:
+        for columns, lines in batches:
+            if schema.format == "parquet":
+                stats.rows_read += len(lines)
+            chunk = _validate(path, schema, columns, lines, stats, on_bad_rows, require_label)
+            if len(chunk):
+                yield chunk
+    finally:
+        batches.close()  # frees the file reader now, before an error goes on (see _csv_batches)
     if stats.rows_read == rows_before:
         raise DataError(f"{path}: no data rows (the file is empty)")
 
@@ -128,6 +142,24 @@ def _feature_columns(schema: DataSchema) -> list[str]:
     return columns
 
 
+class _RejectedRows:
+    """The CSV parser's ``invalid_row_handler``: notes each row it rejects (line → reason), skips it."""
+
+    def __init__(self, path: Path, delimiter: str, names: list[str] | None) -> None:
+        self.path, self.delimiter, self.names = path, delimiter, names
+        self.lines: dict[int, str] = {}  # rows rejected that no batch claimed yet
+
+    def __call__(self, row: pcsv.InvalidRow) -> str:
+        what = "an empty line" if not (row.text or "").strip() else f"{row.actual_columns}"
+        reason = f"expected {row.expected_columns} columns, found {what}"
+        if 0 < row.actual_columns < row.expected_columns:
+            self.names = self.names or _header_names(self.path, self.delimiter)
+            if row.actual_columns < len(self.names):
+                reason += f" (no value for field {self.names[row.actual_columns]!r})"
+        self.lines[row.number] = reason
+        return "skip"
+
+
 def _csv_batches(
     path: Path,
     schema: DataSchema,
@@ -136,11 +168,19 @@ def _csv_batches(
     chunk_bytes: int,
     on_bad_rows: OnBadRows = "error",
 ) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
-    """CSV/TSV/libfm record batches as string columns, with line numbers; bad rows go to stats.
+    """CSV/TSV/libfm record batches as binary columns, with line numbers; bad rows go to stats.
 
-    The parser reports the rows it rejects (wrong column count) while it parses,
-    which runs a block ahead of the batches it returns: a rejected row is matched
-    to a batch by its line number, never by when it was reported.
+    Values are read as bytes (``_validate`` checks that they are UTF-8) and only an
+    empty field is null: Arrow's own null spellings (``NA``, ``NULL``, ``nan``, ...)
+    stay text. The parser reports the rows it rejects (wrong column count) while it
+    parses, which runs a block ahead of the batches it returns: a rejected row is
+    matched to a batch by its line number, never by when it was reported.
+
+    Arrow may free the reader on one of its I/O threads, and freeing it releases
+    the Python row handler, which takes the GIL: during interpreter shutdown that
+    aborts the process (``terminate called without an active exception``, exit
+    134). So, however the reading ends, the reader is freed here and this waits
+    until Arrow has let go of the handler.
     """
     libfm = schema.format == "libfm"
     if libfm:
@@ -149,19 +189,10 @@ def _csv_batches(
     else:
         names = list(schema.column_names) if not schema.header else None
         header, delimiter = schema.header, schema.delimiter
-    rejected: dict[int, str] = {}  # line -> reason, for rows the parser rejected and no batch claimed yet
-    all_columns = names
-
-    def invalid(row: pcsv.InvalidRow) -> str:
-        nonlocal all_columns
-        what = "an empty line" if not (row.text or "").strip() else f"{row.actual_columns}"
-        reason = f"expected {row.expected_columns} columns, found {what}"
-        if 0 < row.actual_columns < row.expected_columns:
-            all_columns = all_columns or _header_names(path, delimiter)
-            if row.actual_columns < len(all_columns):
-                reason += f" (no value for field {all_columns[row.actual_columns]!r})"
-        rejected[row.number] = reason
-        return "skip"
+    handler = _RejectedRows(path, delimiter, names)
+    rejected = handler.lines
+    released = threading.Event()
+    weakref.finalize(handler, released.set).atexit = False
 
     def claim(last_line: int | None) -> list[tuple[int, str]]:
         """The rejected rows up to ``last_line`` (all if None), counted in ``stats``."""
@@ -176,59 +207,62 @@ def _csv_batches(
     def fail(line: int, reason: str) -> DataError:
         return DataError(f"{path}:{line}: {reason} (use --on-bad-rows skip to skip bad rows)")
 
+    reader = None
     try:
-        stream = pa.input_stream(str(path), compression="detect")
-        reader = pcsv.open_csv(
-            stream,
-            read_options=pcsv.ReadOptions(
-                use_threads=False,
-                block_size=chunk_bytes,
-                column_names=names,
-                autogenerate_column_names=False,
-            ),
-            parse_options=pcsv.ParseOptions(
-                delimiter=delimiter, invalid_row_handler=invalid, ignore_empty_lines=False
-            ),
-            convert_options=pcsv.ConvertOptions(
-                include_columns=needed,
-                column_types={c: pa.string() for c in needed},
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as error:
-        raise DataError(f"{path}: {_explain(error, needed)}") from None
-
-    next_line = 2 if header else 1
-    while True:
         try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except (pa.ArrowInvalid, OSError) as error:
-            raise DataError(
-                f"{path}: {_explain(error, needed)} (after line {next_line - 1})"
-            ) from None
-        n = batch.num_rows
-        if n == 0:
-            continue
-        # the batch's rows are the next n lines that the parser did not reject
-        skipped = np.asarray(sorted(line for line in rejected if line >= next_line), dtype=np.int64)
-        candidates = np.arange(next_line, next_line + n + len(skipped), dtype=np.int64)
-        lines = np.setdiff1d(candidates, skipped, assume_unique=True)[:n]
-        next_line = int(lines[-1]) + 1
-        claimed = claim(int(lines[-1]))
-        stats.rows_read += n
-        columns = {name: batch.column(name) for name in needed}
+            reader = pcsv.open_csv(
+                pa.input_stream(str(path), compression="detect"),
+                read_options=pcsv.ReadOptions(
+                    use_threads=False,
+                    block_size=chunk_bytes,
+                    column_names=names,
+                    autogenerate_column_names=False,
+                ),
+                parse_options=pcsv.ParseOptions(
+                    delimiter=delimiter, invalid_row_handler=handler, ignore_empty_lines=False
+                ),
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=needed,
+                    column_types={c: pa.binary() for c in needed},
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=True,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as error:
+            raise _reader_error(path, error, needed) from None
+
+        next_line = 2 if header else 1
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError) as error:
+                raise _reader_error(path, error, needed, after_line=next_line - 1) from None
+            n = batch.num_rows
+            if n == 0:
+                continue
+            # the batch's rows are the next n lines that the parser did not reject
+            skipped = np.asarray(sorted(line for line in rejected if line >= next_line), dtype=np.int64)
+            candidates = np.arange(next_line, next_line + n + len(skipped), dtype=np.int64)
+            lines = np.setdiff1d(candidates, skipped, assume_unique=True)[:n]
+            next_line = int(lines[-1]) + 1
+            claimed = claim(int(lines[-1]))
+            stats.rows_read += n
+            columns = {name: batch.column(name) for name in needed}
+            if claimed and on_bad_rows == "error":
+                first, reason = claimed[0]
+                before = int(np.searchsorted(lines, first))  # rows before the bad one are checked first
+                yield {k: v.slice(0, before) for k, v in columns.items()}, lines[:before]
+                raise fail(first, reason)
+            yield columns, lines
+        claimed = claim(None)  # rejected rows after the last batch
         if claimed and on_bad_rows == "error":
-            first, reason = claimed[0]
-            before = int(np.searchsorted(lines, first))  # rows before the bad one are checked first
-            yield {k: v.slice(0, before) for k, v in columns.items()}, lines[:before]
-            raise fail(first, reason)
-        yield columns, lines
-    claimed = claim(None)  # rejected rows after the last batch
-    if claimed and on_bad_rows == "error":
-        raise fail(*claimed[0])
+            raise fail(*claimed[0])
+    finally:
+        reader = handler = None
+        released.wait(_RELEASE_SECONDS)
 
 
 def _header_names(path: Path, delimiter: str) -> list[str]:
@@ -247,14 +281,31 @@ def _parquet_batches(path: Path, needed: list[str]) -> Iterator[tuple[dict[str, 
         file = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({error})") from None
-    missing = [c for c in needed if c not in file.schema_arrow.names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the file has {file.schema_arrow.names}")
-    row = 1
-    for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=needed):
-        lines = np.arange(row, row + batch.num_rows, dtype=np.int64)
-        row += batch.num_rows
-        yield {name: batch.column(name) for name in needed}, lines
+    try:
+        missing = [c for c in needed if c not in file.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; the file has {file.schema_arrow.names}")
+        row = 1
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=needed):
+            lines = np.arange(row, row + batch.num_rows, dtype=np.int64)
+            row += batch.num_rows
+            yield {name: batch.column(name) for name in needed}, lines
+    finally:
+        file.close()
+
+
+def _reader_error(path: Path, error: Exception, needed: list[str], after_line: int | None = None) -> DataError:
+    """The DataError for an error inside Arrow's CSV reader."""
+    text = str(error)
+    unhandled = re.search(r"Row #(\d+): Expected (\d+) columns, got (\d+)", text)
+    if unhandled:  # the row handler never saw this row: pyarrow could not decode its text to pass it on
+        line, expected, found = unhandled.groups()
+        return DataError(
+            f"{path}:{line}: expected {expected} columns, found {found}, in text that is not UTF-8: "
+            "the CSV reader stops at such a row even with --on-bad-rows skip; correct it in the file"
+        )
+    where = "" if after_line is None else f" (after line {after_line})"
+    return DataError(f"{path}: {_explain(error, needed)}{where}")
 
 
 def _explain(error: Exception, needed: list[str]) -> str:
@@ -278,7 +329,7 @@ def _validate(
     on_bad_rows: OnBadRows,
     require_label: bool = True,
 ) -> RawChunk:
-    """Check label, numeric fields and libfm values; drop or raise on bad rows."""
+    """Check text, label, numeric fields and libfm values; drop or raise on bad rows."""
     n = len(lines)
     bad = np.zeros(n, dtype=bool)
     reasons: list[tuple[np.ndarray, str]] = []
@@ -289,36 +340,46 @@ def _validate(
             reasons.append((mask.copy(), reason))
             bad[:] |= mask
 
-    # labels: one column per task
+    # text: bytes (every CSV column, a Parquet binary column) must be UTF-8
+    for name, raw in list(columns.items()):
+        if pa.types.is_binary(raw.type) or pa.types.is_large_binary(raw.type):
+            columns[name], not_utf8 = _as_text(raw)
+            reason = lambda i, name=name, raw=raw: f"field {name!r}: not valid UTF-8 text ({_utf8_problem(raw[i].as_py())})"  # noqa: E731
+            flag(not_utf8, reason)
+
+    # labels: one column per task, each by its rule
     if require_label:
         labels = np.zeros((n, len(schema.labels)), dtype=np.float64)
         for t, spec in enumerate(schema.labels):
             raw = columns[spec.column]
-            null = _is_null(raw)
-            flag(null, lambda i, spec=spec: f"field {spec.column!r}: missing label {spec.name!r}")
-            if spec.is_text_rule:
-                text = pc.cast(raw, pa.string()) if not pa.types.is_string(raw.type) else raw
-                allowed = [spec.equals] if spec.equals is not None else list(spec.in_)
-                labels[:, t] = np.asarray(pc.fill_null(pc.is_in(text, value_set=pa.array(allowed, pa.string())), False))
+            field_name = f"field {spec.column!r}"
+            if spec.is_text_rule:  # any present value is valid: it matches or it does not
+                text = raw if pa.types.is_string(raw.type) else pc.cast(raw, pa.string())
+                flag(np.asarray(text.is_null(), dtype=bool), lambda i, f=field_name, spec=spec: f"{f}: missing label {spec.name!r}")
+                allowed = pa.array([spec.equals] if spec.equals is not None else list(spec.in_), pa.string())
+                labels[:, t] = np.asarray(pc.fill_null(pc.is_in(text, value_set=allowed), False))
                 continue
-            value, numeric = _as_float(raw)
-            flag(~numeric & ~null, lambda i, spec=spec, raw=raw: f"field {spec.column!r}: label {_show(raw, i)} is not a number")
+            value, missing, not_number = _parse_numbers(raw)
+            flag(missing, lambda i, f=field_name, spec=spec: f"{f}: missing label {spec.name!r}")
+            flag(not_number, lambda i, f=field_name, raw=raw: f"{f}: label {_show(raw, i)} is not a number")
+            flag(np.isinf(value), lambda i, f=field_name, raw=raw: f"{f}: label {_show(raw, i)} is not a finite number")
             if spec.threshold is None:
                 binary = (value == 0) | (value == 1)
-                flag(~binary & numeric, lambda i, spec=spec, raw=raw: f"field {spec.column!r}: label must be 0 or 1, got {_show(raw, i)}")
+                flag(~binary & np.isfinite(value), lambda i, f=field_name, raw=raw: f"{f}: label must be 0 or 1, got {_show(raw, i)}")
                 labels[:, t] = np.where(binary, value, 0.0)
             else:
-                labels[:, t] = value > spec.threshold
+                labels[:, t] = np.where(np.isfinite(value), value > spec.threshold, 0.0)
     else:
         labels = np.full((n, len(schema.labels)), np.nan)
 
-    # numeric sources
+    # numeric sources: a number or missing (NaN included), never infinite
     numeric_sources = {c.column for c in schema.numeric}
     numeric_sources |= {c.column for c in schema.categorical if c.derive in ("log_square_bucket", "bucketize")}
     for name in sorted(numeric_sources):
         raw = columns[name]
-        _, ok = _as_float(raw)
-        flag(~ok & ~_is_null(raw), lambda i, name=name, raw=raw: f"field {name!r}: {_show(raw, i)} is not a number")
+        values, _, not_number = _parse_numbers(raw)
+        flag(not_number, lambda i, name=name, raw=raw: f"field {name!r}: {_show(raw, i)} is not a number")
+        flag(np.isinf(values), lambda i, name=name, raw=raw: f"field {name!r}: {_show(raw, i)} is not a finite number")
 
     # libfm: every feature is `id:1`
     if schema.format == "libfm":
@@ -334,9 +395,9 @@ def _validate(
             first = int(np.flatnonzero(bad)[0])
             reason = next(r for mask, r in reasons if mask[first])
             raise DataError(f"{path}:{lines[first]}: {reason(first)} (use --on-bad-rows skip to skip bad rows)")
-        for mask, reason in reasons:
-            for i in np.flatnonzero(mask):
-                stats.skip(int(lines[i]), reason(int(i)))
+        skipped = sorted(((int(i), reason) for mask, reason in reasons for i in np.flatnonzero(mask)), key=lambda t: t[0])
+        for i, reason in skipped:  # in line order within the chunk
+            stats.skip(int(lines[i]), reason(i))
         keep = ~bad
         keep_arrow = pa.array(keep)
         columns = {k: pc.filter(v, keep_arrow) for k, v in columns.items()}
@@ -345,31 +406,50 @@ def _validate(
     return RawChunk(columns, lines, labels.astype(np.float32))
 
 
-def _is_null(array: pa.Array) -> np.ndarray:
-    """Missing values: null, or NaN in a float column (Parquet's usual missing marker)."""
-    missing = np.asarray(array.is_null(), dtype=bool)
-    if pa.types.is_floating(array.type):
-        missing |= np.asarray(pc.fill_null(pc.is_nan(array), False), dtype=bool)
-    return missing
+def _as_text(array: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """A binary column as strings, and the mask of values that are not UTF-8 (null in the strings)."""
+    text = pa.large_string() if pa.types.is_large_binary(array.type) else pa.string()
+    try:  # fast path: the cast checks UTF-8 in C++
+        return pc.cast(array, text), np.zeros(len(array), dtype=bool)
+    except pa.ArrowInvalid:
+        pass
+    # some value is not UTF-8: find which (in Python, only for such a chunk)
+    not_utf8 = np.array([v is not None and _utf8_problem(v) is not None for v in array.to_pylist()], dtype=bool)
+    valid = pc.if_else(pa.array(not_utf8), pa.scalar(None, array.type), array)
+    return pc.cast(valid, text), not_utf8
 
 
-def _as_float(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values as float64 with NaN where missing or invalid, mask of valid numbers)."""
+def _utf8_problem(value: bytes) -> str | None:
+    """Where ``value`` stops being UTF-8 (None when it is UTF-8)."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        shown = f"{value[:40]!r}{'...' if len(value) > 40 else ''}"
+        return f"byte 0x{value[error.start]:02x} at position {error.start} of {shown}"
+    return None
+
+
+def _parse_numbers(array: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values as float64, missing, not a number) of a numeric column.
+
+    Missing: null, a float NaN, or text that reads as NaN (``nan`` in any letter
+    case, blanks around it allowed). ``values`` is NaN where missing or not a
+    number and keeps ±inf (from a float column, text such as ``inf`` or
+    ``-Infinity``, or a number too large for float64) for the caller to reject.
+    """
+    not_number = np.zeros(len(array), dtype=bool)
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         try:  # fast path: every present value parses
-            values = np.asarray(pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-            ok = np.isfinite(values)
-            if ok.sum() + array.null_count == len(array):
-                return values, ok
+            numbers = pc.cast(array, pa.float64())
         except pa.ArrowInvalid:
-            pass
-        ok = np.asarray(pc.fill_null(pc.match_substring_regex(array, _NUMBER), False), dtype=bool)
-        cleaned = pc.if_else(pa.array(ok), array, pa.scalar(None, pa.string()))
-        values = pc.cast(pc.utf8_trim_whitespace(cleaned), pa.float64())
+            number = np.asarray(pc.fill_null(pc.match_substring_regex(array, _NUMBER), False), dtype=bool)
+            not_number = ~number & np.asarray(array.is_valid(), dtype=bool)
+            kept = pc.if_else(pa.array(number), pc.utf8_trim_whitespace(array), pa.scalar(None, array.type))
+            numbers = pc.cast(kept, pa.float64())
     else:
-        values = pc.cast(array, pa.float64())
-    values = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
-    return values, np.isfinite(values)
+        numbers = pc.cast(array, pa.float64())
+    values = np.asarray(numbers.to_numpy(zero_copy_only=False), dtype=np.float64)  # null -> NaN
+    return values, np.isnan(values) & ~not_number, not_number
 
 
 def _show(array: pa.Array, index: int) -> str:
@@ -379,8 +459,8 @@ def _show(array: pa.Array, index: int) -> str:
 
 def as_float(array: pa.Array, fill: float) -> np.ndarray:
     """Numeric column as float64, missing values replaced by ``fill`` (rows already validated)."""
-    values, ok = _as_float(array)
-    return np.where(ok, values, fill)
+    values, _, _ = _parse_numbers(array)
+    return np.where(np.isfinite(values), values, fill)
 
 
 def as_string(array: pa.Array) -> pa.Array:
