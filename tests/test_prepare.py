@@ -196,7 +196,7 @@ def assert_same_prepared(a: Path, b: Path) -> None:
     first, second = load_prepared(a), load_prepared(b)
     assert first.features == second.features
     for split in ("train", "valid", "test"):
-        for name in ("categorical", "numeric", "label"):
+        for name in ("categorical", "numeric", "labels"):
             assert torch.equal(getattr(getattr(first, split), name), getattr(getattr(second, split), name)), (split, name)
     assert Encoder.load(a).numeric_stats == Encoder.load(b).numeric_stats
     np.testing.assert_array_equal(Encoder.load(a).boundaries["b"], Encoder.load(b).boundaries["b"])
@@ -633,7 +633,7 @@ def corrupt(out: Path, split: str, name: str, index: tuple, value) -> Path:
     shapes = {
         "categorical": ("<i4", (rows, len(fields["categorical"]))),
         "numeric": ("<f4", (rows, len(fields["numeric"]))),
-        "label": ("<f4", (rows,)),
+        "labels": ("<f4", (rows, len(fields["tasks"]))),
         "sequence": ("<i4", (rows, len(fields["sequence"]), max(f["max_len"] for f in fields["sequence"]))),
     }
     dtype, shape = shapes[name]
@@ -655,8 +655,8 @@ CORRUPTIONS = {
     "id_at_vocab_size": ("train", "categorical", (37, 1), "h", ["row 37, field 'h': id 6 is outside [0, 6)"]),
     "negative_id": ("valid", "categorical", (0, 0), -1, ["row 0, field 'c': id -1 is outside [0, "]),
     "sequence_id": ("test", "sequence", (59, 1, 1), "t", ["row 59, field 't': id 6 is outside [0, 6)"]),
-    "label_nan": ("train", "label", (12,), np.nan, ["row 12: label nan is not 0 or 1"]),
-    "label_half": ("test", "label", (3,), 0.5, ["row 3: label 0.5 is not 0 or 1"]),
+    "label_nan": ("train", "labels", (12, 0), np.nan, ["row 12, task 'label': label nan is not 0 or 1"]),
+    "label_half": ("test", "labels", (3, 0), 0.5, ["row 3, task 'label': label 0.5 is not 0 or 1"]),
     "numeric_inf": ("train", "numeric", (199, 0), np.inf, ["row 199, field 'x': inf is not a finite number"]),
     "numeric_nan": ("valid", "numeric", (7, 0), np.nan, ["row 7, field 'x': nan is not a finite number"]),
 }
@@ -699,10 +699,10 @@ def test_the_first_bad_row_is_reported(full, monkeypatch):
 
 def test_prepare_rebuilds_corrupt_values_instead_of_reusing_them(full):
     out, files = full
-    corrupt(out, "train", "label", (5,), 7.0)
+    corrupt(out, "train", "labels", (5, 0), 7.0)
     report = prepare(FULL_SCHEMA, out, **files)
     assert report["reused"] is False
-    assert set(load_prepared(out).train.label.unique().tolist()) <= {0.0, 1.0}
+    assert set(load_prepared(out).train.labels.unique().tolist()) <= {0.0, 1.0}
 
 
 # ---------------------------------------------------------------------------- prepared output appears only complete
@@ -884,7 +884,7 @@ def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(full):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = out / f".prepare.tmp-{int(gone.stdout)}"  # as left by a run killed with SIGKILL
     (stale / "train").mkdir(parents=True)
-    (stale / "train" / "label.bin").write_bytes(b"half")
+    (stale / "train" / "labels.bin").write_bytes(b"half")
     prepare(FULL_SCHEMA, out, **files, force=True)
     assert not stale.exists()
     assert sorted(p.name for p in out.iterdir()) == ["feature_map.json", "test", "train", "valid", "vocab"]

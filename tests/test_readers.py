@@ -424,14 +424,14 @@ def test_parquet_nan_is_missing_and_infinity_is_a_bad_row(tmp_path):
 
 def test_parquet_nan_or_infinite_label_is_a_bad_row(tmp_path):
     path = write_parquet(tmp_path / "labels.parquet", [1, float("nan"), float("inf"), 0, None], [1.0] * 5)
-    with pytest.raises(DataError, match=re.escape(f"{path}:2: field 'label': missing label")):
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: field 'label': missing label 'label'")):
         read(path, PARQUET)
     lines, stats, _ = read(path, PARQUET, "skip")
     assert lines == [1, 4]
     assert [(b.line, b.reason) for b in stats.examples] == [
-        (2, "field 'label': missing label"),
+        (2, "field 'label': missing label 'label'"),
         (3, "field 'label': label inf is not a finite number"),
-        (5, "field 'label': missing label"),
+        (5, "field 'label': missing label 'label'"),
     ]
     assert_accounted(stats)
 
