@@ -4,6 +4,7 @@ and that an artifact of another format version is refused with a clear message."
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -206,3 +207,22 @@ def test_an_encoder_for_other_features_is_refused(toy_run, tmp_path):
     encoder = Encoder.load(toy_run["prepared"])
     with pytest.raises(ArtifactError, match="feature spec differs"):
         save_artifact(tmp_path / "model", create_model(TINY_MODEL, SPEC), encoder)
+
+
+def test_a_single_task_artifact_made_before_tasks_existed_still_loads(toy_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(toy_run["run"] / "model", old)
+    # what an artifact of mldcn 0.1.0 held: features without tasks, a version-1 feature map with `label:`
+    info = json.loads((old / "artifact.json").read_text())
+    del info["features"]["tasks"]
+    (old / "artifact.json").write_text(json.dumps(info))
+    feature_map = json.loads((old / "preprocessing" / "feature_map.json").read_text())
+    feature_map["format_version"] = 1
+    labels = feature_map["schema"].pop("labels")
+    feature_map["schema"]["label"] = {"name": labels[0]["name"], "threshold": None}
+    del feature_map["features"]["tasks"]
+    (old / "preprocessing" / "feature_map.json").write_text(json.dumps(feature_map))
+    artifact = load_artifact(old)
+    assert artifact.features.task_names == ("label",)  # its one task: the schema's label
+    new = load_artifact(toy_run["run"])
+    torch.testing.assert_close(outputs(artifact.model, artifact.features), outputs(new.model, new.features), rtol=0, atol=0)

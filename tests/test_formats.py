@@ -141,8 +141,8 @@ def frappe_pair(tmp_path_factory):
 @pytest.mark.parametrize("which", ["csv", "libfm"])
 def test_frappe_counts_and_training(frappe_pair, which):
     report, data = frappe_pair[0 if which == "csv" else 1]
-    assert report["splits"]["train"] == {"rows": 57_722, "positives": {"label": 19_063}}
-    assert report["splits"]["test"] == {"rows": 28_860, "positives": {"label": 9_536}}
+    assert report["splits"]["train"] == {"rows": 57_722, "positives": {"click": 19_063}}
+    assert report["splits"]["test"] == {"rows": 28_860, "positives": {"click": 9_536}}
     assert report["rows_skipped"] == 0
     assert data.features.num_fields == 10 and not data.features.numeric and not data.features.sequence
     check_ids_in_range(data)
@@ -197,7 +197,7 @@ def test_taobao_sample_sequence_and_price(tmp_path):
         valid=folder / "valid_sample.csv",
         test=folder / "test_sample.csv",
     )
-    assert report["splits"] == {name: {"rows": 100, "positives": {"clk": 4}} for name in ("train", "valid", "test")}
+    assert report["splits"] == {name: {"rows": 100, "positives": {"click": 4}} for name in ("train", "valid", "test")}
     data = load_prepared(tmp_path)
     assert data.features.num_fields == 17  # 15 categorical + price + click_sequence
     assert [f.name for f in data.features.numeric] == ["price"]
@@ -238,7 +238,7 @@ def test_criteo_headerless_tsv_matches_criteo_csv(tmp_path):
     tsv_schema = dataclasses.replace(load_schema("criteo"), min_count=1)
     assert tsv_schema.delimiter == "\t" and not tsv_schema.header
     report = prepare(tsv_schema, tmp_path / "tsv", train=tsv, valid=tsv, test=tsv)
-    assert report["splits"]["train"] == {"rows": 12, "positives": {"label": 6}}  # no row lost as a "header"
+    assert report["splits"]["train"] == {"rows": 12, "positives": {"click": 6}}  # no row lost as a "header"
     csv_schema = dataclasses.replace(load_schema("criteo_csv"), min_count=1)
     prepare(csv_schema, tmp_path / "csv", train=with_header, valid=with_header, test=with_header)
     a, b = load_prepared(tmp_path / "tsv"), load_prepared(tmp_path / "csv")

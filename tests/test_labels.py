@@ -115,3 +115,45 @@ def test_the_adult_schema_gives_the_census_tasks(tmp_path):
     assert report["rows_read"] == report["rows_written"] == 48_842
     positives = {task: sum(s["positives"][task] for s in report["splits"].values()) for task in ("income", "never_married")}
     assert positives == {"income": 11_687, "never_married": 16_117}  # SOURCE.md: 23.9 % and 33.0 %
+
+
+WEIGHTED = """\
+clicked,ad,w
+1,a,1
+0,b,10
+0,a,0
+1,b,2.5
+"""
+
+
+def test_a_weight_column_weights_each_rows_loss(tmp_path):
+    import torch
+
+    from mldcn.batch import Batch
+    from mldcn.train.loop import task_loss
+
+    schema = schema_from_dict({"label": {"name": "clicked"}, "categorical": [{"name": "ad"}], "weight": "w"})
+    path = write(tmp_path / "w.csv", WEIGHTED)
+    stats = ReadStats(str(path))
+    (chunk,) = read_chunks(path, schema, "error", stats)
+    np.testing.assert_array_equal(chunk.weights, [1, 10, 0, 2.5])
+    prepare(schema, tmp_path / "out", train=path, valid=path, test=path)
+    train = load_prepared(tmp_path / "out").train
+    np.testing.assert_array_equal(train.weights.numpy(), [1, 10, 0, 2.5])
+    # each row's BCE times its weight: a weight-0 row adds nothing, weight 10 counts ten times
+    logits = torch.tensor([[0.3], [-1.0], [2.0], [0.5]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, train.labels, reduction="none")[:, 0]
+    expected = (bce * torch.tensor([1, 10, 0, 2.5])).sum()
+    assert task_loss(logits, train, torch.ones(1)) == pytest.approx(expected.item(), rel=1e-6)
+    unweighted = Batch(train.categorical, train.numeric, labels=train.labels)
+    assert task_loss(logits, unweighted, torch.ones(1)) == pytest.approx(bce.sum().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("value, reason", [("", "missing weight"), ("-1", "must be a finite number >= 0"), ("x", "is not a number")])
+def test_a_bad_weight_is_a_bad_row(tmp_path, value, reason):
+    schema = schema_from_dict({"label": {"name": "clicked"}, "categorical": [{"name": "ad"}], "weight": "w"})
+    path = write(tmp_path / "w.csv", WEIGHTED + f"1,a,{value}\n")
+    with pytest.raises(DataError, match=f"w.csv:6: field 'w': .*{reason}"):
+        list(read_chunks(path, schema))
+    with pytest.raises(ConfigError, match="weight column 'ad' is also a feature"):
+        schema_from_dict({"label": {"name": "clicked"}, "categorical": [{"name": "ad"}], "weight": "ad"})

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 from mldcn.batch import Batch
+from mldcn.config import ConfigError
 from mldcn.features import FeatureSpec
 
 
@@ -26,6 +30,21 @@ class Dataset:
                     f"the {name} split has {split.num_tasks} label columns, the features have "
                     f"{self.features.num_tasks} tasks {list(self.features.task_names)}"
                 )
+
+    def select_tasks(self, tasks: tuple[str, ...] | list[str]) -> "Dataset":
+        """The same rows with only ``tasks`` (a subset of the data's, in the order given) as labels."""
+        names = self.features.task_names
+        unknown = [t for t in tasks if t not in names]
+        if unknown or not tasks:
+            raise ConfigError(f"data.tasks {list(tasks)}: the data's tasks are {list(names)}")
+        index = torch.tensor([names.index(t) for t in tasks])
+        features = self.features.with_tasks(tuple(self.features.tasks[i] for i in index.tolist()))
+
+        def keep(split: Batch) -> Batch:
+            return dataclasses.replace(split, labels=split.labels[:, index])
+
+        info = {**self.info, "tasks": list(tasks)}
+        return Dataset(features, keep(self.train), keep(self.valid), keep(self.test), info)
 
     @property
     def name(self) -> str:

@@ -227,9 +227,9 @@ class Encoder:
             tasks=tuple(TaskSpec(label.name, label.weight) for label in schema.labels),
         )
 
-    def encode(self, columns: dict[str, pa.Array], labels: np.ndarray | None = None) -> Batch:
-        """Raw columns (as read) → model inputs (``labels [n, T]`` attached if given);
-        unknown values get the OOV id."""
+    def encode(self, columns: dict[str, pa.Array], labels: np.ndarray | None = None, weights: np.ndarray | None = None) -> Batch:
+        """Raw columns (as read) → model inputs (``labels [n, T]`` and ``weights [n]`` attached
+        if given); unknown values get the OOV id."""
         schema = self.schema
         n = len(next(iter(columns.values())))
         categorical = np.zeros((n, len(schema.categorical)), dtype=np.int32)
@@ -266,7 +266,7 @@ class Encoder:
                 position = np.arange(parent.size) - starts[parent]
                 keep = position < col.max_len
                 sequence[parent[keep], j, position[keep]] = ids[keep]
-        return Batch.from_numpy(categorical, numeric, sequence, labels)
+        return Batch.from_numpy(categorical, numeric, sequence, labels, weights)
 
     # ------------------------------------------------------------------ persistence
 

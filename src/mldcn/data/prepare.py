@@ -10,6 +10,7 @@ chunk, to raw little-endian arrays:
     <out>/<split>/numeric.bin       float32 [N, Fn]
     <out>/<split>/labels.bin        float32 [N, T]       (one column per label / task)
     <out>/<split>/sequence.bin      int32   [N, Fs, L]   (with multi-valued fields)
+    <out>/<split>/weights.bin       float32 [N]          (with the schema's weight column)
 
 Memory is bounded by the chunk size plus the vocabularies, whatever the file size.
 Splits: three given files; a seeded random split of one file (by a hash of the
@@ -82,9 +83,9 @@ class SplitConfig(Config):
 class _SplitWriter:
     """Appends encoded chunks (:class:`~mldcn.batch.Batch`) of one split to its raw arrays."""
 
-    def __init__(self, directory: Path, has_sequence: bool, num_tasks: int) -> None:
+    def __init__(self, directory: Path, has_sequence: bool, num_tasks: int, has_weights: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        names = ["categorical", "numeric", "labels"] + (["sequence"] if has_sequence else [])
+        names = ["categorical", "numeric", "labels"] + (["sequence"] if has_sequence else []) + (["weights"] if has_weights else [])
         self.files = {name: open(directory / f"{name}.bin", "wb") for name in names}
         self.rows = 0
         self.positives = np.zeros(num_tasks, dtype=np.int64)  # per task
@@ -95,6 +96,8 @@ class _SplitWriter:
         np.ascontiguousarray(batch.labels.numpy(), dtype="<f4").tofile(self.files["labels"])
         if batch.sequence is not None:
             np.ascontiguousarray(batch.sequence.numpy(), dtype="<i4").tofile(self.files["sequence"])
+        if batch.weights is not None:
+            np.ascontiguousarray(batch.weights.numpy(), dtype="<f4").tofile(self.files["weights"])
         self.rows += len(batch)
         self.positives += batch.labels.numpy().sum(axis=0).astype(np.int64)
 
@@ -307,7 +310,7 @@ def _build(
 
     # pass 2: encode every split
     has_sequence = bool(schema.sequence)
-    writers = {name: _SplitWriter(directory / name, has_sequence, len(schema.labels)) for name in SPLITS}
+    writers = {name: _SplitWriter(directory / name, has_sequence, len(schema.labels), schema.weight is not None) for name in SPLITS}
     stats_list = []
     try:
         for role, path in inputs.items():
@@ -316,7 +319,7 @@ def _build(
             stats_list.append(stats)
             with chunks(path, stats) as stream:
                 for chunk in stream:
-                    encoded = encoder.encode(chunk.columns, chunk.labels)
+                    encoded = encoder.encode(chunk.columns, chunk.labels, chunk.weights)
                     if role != "input":
                         writers[role].write(encoded)
                         continue

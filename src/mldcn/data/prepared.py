@@ -86,6 +86,16 @@ def _check_numeric(path: Path, numeric: np.ndarray, names: list[str]) -> None:
         )
 
 
+def _check_weights(path: Path, weights: np.ndarray) -> None:
+    """Every row weight is a finite number >= 0."""
+    for start, block in _blocks(weights):
+        ok = np.isfinite(block) & (block >= 0)
+        if ok.all():
+            continue
+        row = int(np.flatnonzero(~ok)[0])
+        raise FeatureMapError(f"{path}: row {start + row}: weight {float(block[row])} is not a number >= 0; {_AGAIN}")
+
+
 def _check_labels(path: Path, labels: np.ndarray, tasks: tuple[str, ...]) -> None:
     """Every label ``[N, T]`` is 0 or 1."""
     for start, block in _blocks(labels):
@@ -119,11 +129,16 @@ def load_split(directory: str | Path, split: str, mmap: bool = False) -> Batch:
         _check_ids(base / "sequence.bin", sequence, [f.name for f in fields], [f.vocab_size for f in fields])
     _check_numeric(base / "numeric.bin", numeric, [f.name for f in features.numeric])
     _check_labels(base / "labels.bin", labels, features.task_names)
+    weights = None
+    if feature_map["schema"].get("weight"):  # the schema's per-row loss weights
+        weights = _array(base / "weights.bin", "<f4", (rows,), mmap)
+        _check_weights(base / "weights.bin", weights)
     return Batch(
         categorical=torch.from_numpy(categorical),
         numeric=torch.from_numpy(numeric),
         sequence=None if sequence is None else torch.from_numpy(sequence),
         labels=torch.from_numpy(labels),
+        weights=None if weights is None else torch.from_numpy(weights),
     )
 
 

@@ -89,6 +89,7 @@ class RawChunk:
     columns: dict[str, pa.Array]
     lines: np.ndarray
     labels: np.ndarray  # float32 [n, T] in {0, 1}, one column per label (NaN when read with require_label=False)
+    weights: np.ndarray | None = None  # float32 [n] >= 0, the schema's weight column (None without one)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -372,6 +373,16 @@ def _validate(
     else:
         labels = np.full((n, len(schema.labels)), np.nan)
 
+    # the row weights, read with the labels: a number >= 0
+    weights = None
+    if require_label and schema.weight is not None:
+        raw = columns[schema.weight]
+        weights, missing, not_number = _parse_numbers(raw)
+        name = schema.weight
+        flag(missing, lambda i, name=name: f"field {name!r}: missing weight")
+        flag(not_number, lambda i, name=name, raw=raw: f"field {name!r}: weight {_show(raw, i)} is not a number")
+        flag(~np.isfinite(weights) & ~missing & ~not_number | (weights < 0), lambda i, name=name, raw=raw: f"field {name!r}: weight {_show(raw, i)} must be a finite number >= 0")
+
     # numeric sources: a number or missing (NaN included), never infinite
     numeric_sources = {c.column for c in schema.numeric}
     numeric_sources |= {c.column for c in schema.categorical if c.derive in ("log_square_bucket", "bucketize")}
@@ -402,8 +413,9 @@ def _validate(
         keep_arrow = pa.array(keep)
         columns = {k: pc.filter(v, keep_arrow) for k, v in columns.items()}
         lines, labels = lines[keep], labels[keep]
+        weights = None if weights is None else weights[keep]
     stats.rows_kept += len(lines)
-    return RawChunk(columns, lines, labels.astype(np.float32))
+    return RawChunk(columns, lines, labels.astype(np.float32), None if weights is None else weights.astype(np.float32))
 
 
 def _as_text(array: pa.Array) -> tuple[pa.Array, np.ndarray]:

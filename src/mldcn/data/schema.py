@@ -179,6 +179,9 @@ class DataSchema(Config):
             The single-label form ``label: {...}`` is read as ``labels: [{...}]``;
             without either the label is the column ``label``.
         categorical / numeric / sequence: the features.
+        weight: a column of per-row loss weights (numbers >= 0, e.g. the inverse
+            rate of a negative down-sampling); None: every row weighs 1. A
+            missing, negative or non-numeric weight makes the row a bad row.
         min_count: default vocabulary threshold of categorical and multi-valued columns.
     """
 
@@ -191,6 +194,7 @@ class DataSchema(Config):
     categorical: tuple[CategoricalColumn, ...] = ()
     numeric: tuple[NumericColumn, ...] = ()
     sequence: tuple[SequenceColumn, ...] = ()
+    weight: str | None = None
     min_count: int = 1
 
     _positive = ("min_count",)
@@ -219,6 +223,10 @@ class DataSchema(Config):
                     f"schema {self.name!r}: column {label.column!r} is label {label.name!r} and also feature "
                     f"{features[label.column]!r}; a label must not be a feature (drop the feature)"
                 )
+        if self.weight is not None and (self.weight in features or self.weight in self.label_columns):
+            raise ConfigError(f"schema {self.name!r}: the weight column {self.weight!r} is also a feature or a label")
+        if self.weight is not None and self.format == "libfm":
+            raise ConfigError(f"schema {self.name!r}: a libfm file has no weight column")
         if self.format == "libfm" and len(self.labels) != 1:
             raise ConfigError(f"schema {self.name!r}: a libfm file has one label, the schema declares {len(self.labels)}")
 
@@ -228,8 +236,8 @@ class DataSchema(Config):
         return list(dict.fromkeys(label.column for label in self.labels))
 
     def raw_columns(self) -> list[str]:
-        """The raw columns this schema reads, labels first, each once."""
-        columns = self.label_columns
+        """The raw columns this schema reads, labels (and the weight) first, each once."""
+        columns = self.label_columns + ([self.weight] if self.weight is not None else [])
         for col in (*self.categorical, *self.numeric, *self.sequence):
             if col.column not in columns:
                 columns.append(col.column)

@@ -19,11 +19,14 @@ class DataConfig(Config):
             written by ``mldcn prepare``).
         path: the prepared directory (``source: prepared``).
         synthetic: generator settings (``source: synthetic``).
+        tasks: train on these of the data's tasks only (e.g. ``[income]`` for a
+            single-task model on a two-task log); empty: all of them.
     """
 
     source: Literal["synthetic", "prepared"] = "synthetic"
     path: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,7 +36,9 @@ class DataConfig(Config):
 
 def load_data(config: DataConfig) -> Dataset:
     if config.source == "synthetic":
-        return make_synthetic(config.synthetic)
-    from mldcn.data.prepared import load_prepared  # noqa: PLC0415
+        dataset = make_synthetic(config.synthetic)
+    else:
+        from mldcn.data.prepared import load_prepared  # noqa: PLC0415
 
-    return load_prepared(config.path)
+        dataset = load_prepared(config.path)
+    return dataset.select_tasks(config.tasks) if config.tasks else dataset

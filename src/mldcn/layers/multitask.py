@@ -38,9 +38,11 @@ from mldcn.layers.flops import ELEMENTWISE, TRANSCENDENTAL, Flops, linear_flops,
 SOFTMAX = TRANSCENDENTAL + 4 * ELEMENTWISE
 
 
-def _mixture_flops(num_tasks: int, num_experts: int, width: int) -> Flops:
-    """``h_t = G_t · H``: one [T, K] × [K, h] product per example."""
-    return Flops(matmul=2 * num_tasks * num_experts * width)
+def _gating_flops(gates: nn.Linear, num_tasks: int, per_gate: int, width: int) -> Flops:
+    """The gates' product, their softmax over ``per_gate`` experts, and ``h_t = G_t · H``
+    (one [T, K] × [K, h] product per example)."""
+    softmax = Flops(elementwise=SOFTMAX * num_tasks * per_gate)
+    return linear_flops(gates.in_features, gates.out_features) + softmax + Flops(matmul=2 * num_tasks * per_gate * width)
 
 
 class MultiGateMixture(nn.Module):
@@ -79,10 +81,8 @@ class MultiGateMixture(nn.Module):
         return torch.bmm(weights, outputs)  # [B, T, h]
 
     def flops(self) -> Flops:
-        gates = linear_flops(self.gates.in_features, self.gates.out_features)
-        softmax = Flops(elementwise=SOFTMAX * self.num_tasks * self.num_experts)
-        mixture = _mixture_flops(self.num_tasks, self.num_experts, self.out_dim)
-        return sum_flops(e.flops() for e in self.experts) + gates + softmax + mixture
+        experts = sum_flops(e.flops() for e in self.experts)
+        return experts + _gating_flops(self.gates, self.num_tasks, self.num_experts, self.out_dim)
 
 
 class CustomizedGateControl(nn.Module):
@@ -126,10 +126,8 @@ class CustomizedGateControl(nn.Module):
         return torch.matmul(weights, chosen).squeeze(2)  # [B, T, h]
 
     def flops(self) -> Flops:
-        gates = linear_flops(self.gates.in_features, self.gates.out_features)
-        softmax = Flops(elementwise=SOFTMAX * self.num_tasks * self.per_gate)
-        mixture = _mixture_flops(self.num_tasks, self.per_gate, self.out_dim)
-        return sum_flops(e.flops() for e in self.experts) + gates + softmax + mixture
+        experts = sum_flops(e.flops() for e in self.experts)
+        return experts + _gating_flops(self.gates, self.num_tasks, self.per_gate, self.out_dim)
 
 
 class TaskTowers(nn.Module):

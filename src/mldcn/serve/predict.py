@@ -286,21 +286,24 @@ def predict_prepared(
     backend: Backend | None = None,
     batch_size: int = 8192,
 ) -> PredictReport:
-    """Score a split of a prepared directory (``mldcn prepare``); the output has ``label`` and ``probability``.
+    """Score a split of a prepared directory (``mldcn prepare``); the output has, per task of the
+    model, ``label_<task>`` and ``probability_<task>``.
 
-    The directory's features must be the artifact's (same vocabularies).
+    The directory's fields must be the artifact's (same vocabularies), and its tasks
+    include the model's (a model may learn some of the data's tasks).
     """
     from mldcn.data.encode import read_feature_map  # noqa: PLC0415
     from mldcn.data.prepared import load_split  # noqa: PLC0415
 
     directory, output = Path(directory), Path(output)
     features = FeatureSpec.from_dict(read_feature_map(directory)["features"])
-    if features != artifact.features:
+    tasks = artifact.features.task_names
+    if features.with_tasks(artifact.features.tasks) != artifact.features or not set(tasks) <= set(features.task_names):
         raise ArtifactError(f"{directory}: its features differ from the model's in {artifact.path}")
     data = load_split(directory, split, mmap=True)
+    columns = [features.task_names.index(t) for t in tasks]
     backend = backend or TorchBackend(artifact.model)
     report = PredictReport(f"{directory}:{split}", str(output), backend=backend.name)
-    tasks = artifact.features.task_names
     names = [f"label_{t}" for t in tasks] + [probability_column(t) for t in tasks]
     out_schema = pa.schema([pa.field(name, pa.float32()) for name in names])
     start = time.perf_counter()
@@ -309,7 +312,7 @@ def predict_prepared(
         for begin in range(0, len(data), rows_per_chunk):
             part = data.rows(begin, begin + rows_per_chunk)
             probabilities = score(backend, part.without_labels(), batch_size, len(tasks))
-            values = np.hstack([part.labels.numpy(), probabilities])  # [n, 2T]
+            values = np.hstack([part.labels.numpy()[:, columns], probabilities])  # [n, 2T]
             writer.write(pa.table({name: values[:, j] for j, name in enumerate(names)}, schema=out_schema))
     report.seconds = time.perf_counter() - start
     report.rows_read = len(data)

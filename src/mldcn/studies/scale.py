@@ -207,6 +207,7 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
                 row[f"auc_{task}"] = _pm(values)
                 row[f"auc_mean_{task}"] = statistics.fmean(values)
                 row[f"auc_std_{task}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+                row[f"logloss_{task}"] = _pm([r["test"][task]["logloss"] for r in runs])
         rows.append(row)
     labels_file = out_dir / "predictions" / "labels.npy"
     labels = _by_task(np.load(labels_file)) if labels_file.exists() else None
@@ -286,7 +287,7 @@ def render_summary(config: ScaleConfig, rows, significance, plots, name: str | N
         ("logloss", "test logloss (mean ± std)" + (" over tasks" if len(tasks) > 1 else "")),
     ]
     if len(tasks) > 1:
-        columns += [(f"auc_{task}", f"{task} AUC") for task in tasks]
+        columns += [column for task in tasks for column in ((f"auc_{task}", f"{task} AUC"), (f"logloss_{task}", f"{task} logloss"))]
     columns += [(f"latency_{n}", f"µs/ex @ batch {n}") for n in config.latency_batches]
     sig_columns = [
         ("budget", "budget"),
@@ -304,15 +305,13 @@ def render_summary(config: ScaleConfig, rows, significance, plots, name: str | N
         "",
         f"Families {list(config.families)}, budgets {list(config.budgets)}, seeds {list(config.seeds)}; "
         f"tuning grid lr {list(config.grid.lr)} × embedding L2 {list(config.grid.embedding_l2)} on seed "
-        f"{config.seeds[0]}, chosen on validation AUC.",
+        f"{config.seeds[0]}, chosen on validation AUC" + (" (the mean over the tasks)." if len(tasks) > 1 else "."),
         "",
         format_table(rows, columns, markdown=True),
         "",
-        f"## {config.reference} against each rival",
-        "",
-        format_table(significance, sig_columns, markdown=True),
-        "",
     ]
+    if significance:
+        lines += [f"## {config.reference} against each rival", "", format_table(significance, sig_columns, markdown=True), ""]
     if all(plot is not None for plot in plots):
         lines += [f"![test AUC vs interaction FLOPs]({Path(plot).name})" for plot in plots] + [""]
     else:
