@@ -274,3 +274,21 @@ def test_run_writes_a_reproducible_run_directory(tmp_path):
     assert 0.5 < test["auc"] <= 1.0 and math.isfinite(test["logloss"])
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert state.keys() == outcome.model.state_dict().keys()
+
+
+def test_a_task_or_group_field_that_does_not_exist_is_refused_before_training(data):
+    for changes, message in [
+        ({"monitor_task": "conversion"}, "monitor_task 'conversion' is not a task; tasks: \\['click'\\]"),
+        ({"group_field": "user"}, "group_field 'user' is not a categorical field"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            fit(new_model(data.features), data.train, data.valid, replace(FAST, **changes))
+
+
+def test_gauc_is_reported_and_can_be_monitored(data):
+    field = data.features.categorical[-1].name
+    config = replace(FAST, epochs=2, group_field=field, monitor="gauc")
+    result = fit(new_model(data.features), data.train, data.valid, config)
+    for record in result.history:
+        metrics = record["valid"][CLICK]
+        assert 0.5 < metrics["gauc"] < 1.0 and record["valid_score"] == metrics["gauc"]

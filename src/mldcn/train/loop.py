@@ -274,6 +274,15 @@ def _train_epoch(
     return totals[0].item() / max(totals[1].item(), 1)
 
 
+def _check_against(features: FeatureSpec, config: TrainConfig) -> None:
+    """The task and field the config names exist (before an epoch is spent finding out)."""
+    if config.monitor_task is not None and config.monitor_task not in features.task_names:
+        raise ConfigError(f"TrainConfig.monitor_task {config.monitor_task!r} is not a task; tasks: {list(features.task_names)}")
+    categorical = [f.name for f in features.categorical]
+    if config.group_field is not None and config.group_field not in categorical:
+        raise ConfigError(f"TrainConfig.group_field {config.group_field!r} is not a categorical field; fields: {categorical}")
+
+
 def fit(
     model: RankingModel,
     train: Batch,
@@ -301,6 +310,7 @@ def fit(
     if config.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     features = model.embedding.features
+    _check_against(features, config)
     torch.manual_seed(config.seed + ctx.rank)  # dropout masks differ across ranks
     shuffle = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
     optimisation = set_up(model, config, device, ctx)
