@@ -323,13 +323,14 @@ def fit(
     checkpoints = run_dir is not None and config.embedding_sharding == "none"
 
     state = TrainingState.fresh(model, maximise=config.monitor != "logloss")
-    if resume and run_dir is not None and (run_dir / checkpoint.LAST).exists():
+    restored = resume and run_dir is not None and (run_dir / checkpoint.LAST).exists()
+    if restored:
         checkpoint.restore(run_dir, device, model, optimisation, shuffle, state, ctx)
         if state.result.finished:
             model.load_state_dict(state.best_state)
             return state.result
     result = state.result
-    log = MetricsLog(run_dir, writes, show=config.progress and ctx.is_main, resume=resume)
+    log = MetricsLog(run_dir, writes, show=config.progress and ctx.is_main, resume=restored)
     show_bar = config.progress and ctx.is_main and sys.stderr.isatty()  # redirected output: the epoch lines only
     fit_start = time.perf_counter() - result.train_seconds
     scorer = optimisation.net if config.embedding_sharding != "none" else model  # sharded lookups need every rank
