@@ -107,10 +107,10 @@ def check_resume(run_dir: Path, config: dict, dataset: Dataset) -> None:
     data = data_fingerprint(dataset)
     if data["sha256"] != recorded_data.get("sha256"):
         rows = ", ".join(f"{k} {recorded_data.get('rows', {}).get(k, '?'):,} → {v:,}" for k, v in data["rows"].items())
-        problems.append(
-            f"data: not the data the run was trained on ({recorded_data.get('name')} at {recorded_data.get('path')}"
-            f" → {data['name']} at {data['path']}; rows {rows})"
-        )
+        before = f"{recorded_data.get('name')} at {recorded_data.get('path')}"
+        after = f"{data['name']} at {data['path']}"
+        where = f"{before} → {after}; " if before != after else ""
+        problems.append(f"data: not the data the run was trained on ({where}rows {rows})")
     if problems:
         raise RunDirError(
             f"cannot resume {run_dir}: it was made from other inputs; differing: "
