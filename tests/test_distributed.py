@@ -134,8 +134,10 @@ def test_torchrec_sharded_tables_train_across_two_processes(tmp_path, sharding):
     assert history[-1]["valid"]["click"]["auc"] > 0.52
 
 
-@pytest.mark.parametrize("processes, sharding", [(1, "table"), (2, "column")])
-def test_torchrec_sharded_training_from_the_cli_ends_with_test_metrics_and_an_artifact(tmp_path, processes, sharding):
+@pytest.mark.parametrize(
+    "processes, sharding, optimizer", [(1, "table", "rowwise_adagrad"), (2, "column", "adagrad")]
+)  # fused row-wise Adagrad in one case, fused (element-wise) Adagrad in the other
+def test_torchrec_sharded_training_from_the_cli_ends_with_test_metrics_and_an_artifact(tmp_path, processes, sharding, optimizer):
     pytest.importorskip("torchrec", reason="sharded tables need `make setup-torchrec`")
     from mldcn.data.synthetic import SyntheticConfig
     from mldcn.serve.artifact import load_artifact
@@ -147,6 +149,7 @@ def test_torchrec_sharded_training_from_the_cli_ends_with_test_metrics_and_an_ar
         sys.executable, "-m", "mldcn", "train", "--model", "dcnv2_lowrank", "--epochs", "2", "--quiet",
         "--threads", "1", "--nproc", str(processes), "--out", str(out),
         "--set", f"train.embedding_sharding={sharding}", "--set", "train.precision=fp32",
+        "--set", f"train.embedding_optimizer={optimizer}",
         *[item for key, value in rows.items() for item in ("--set", f"data.synthetic.{key}={value}")],
     ]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -292,3 +292,53 @@ def test_gauc_is_reported_and_can_be_monitored(data):
     for record in result.history:
         metrics = record["valid"][CLICK]
         assert 0.5 < metrics["gauc"] < 1.0 and record["valid_score"] == metrics["gauc"]
+
+
+# ---------------------------------------------------------------------------- row-wise Adagrad
+
+
+def test_rowwise_adagrad_by_hand():
+    from mldcn.train.rowwise import RowWiseAdagrad
+
+    table = torch.nn.Parameter(torch.zeros(3, 2))
+    optimizer = RowWiseAdagrad([table], lr=1.0, eps=0.0)
+    # step 1, sparse: row 0 looked up twice (gradients [1, 1] and [1, 1] sum to [2, 2]), row 2 once
+    table.grad = torch.sparse_coo_tensor([[0, 0, 2]], torch.tensor([[1.0, 1.0], [1.0, 1.0], [3.0, -1.0]]), (3, 2))
+    optimizer.step()
+    # row 0: s = mean(4, 4) = 4, w = 0 − [2, 2] / 2 = [−1, −1]; row 1 untouched;
+    # row 2: s = mean(9, 1) = 5, w = −[3, −1] / √5
+    r5 = math.sqrt(5)
+    assert optimizer.state[table]["sum"].flatten().tolist() == pytest.approx([4.0, 0.0, 5.0])
+    torch.testing.assert_close(table.detach(), torch.tensor([[-1.0, -1.0], [0.0, 0.0], [-3 / r5, 1 / r5]]))
+    # step 2, dense: row 1 gets [0, 2]: s = 2, w = −[0, 2] / √2; rows 0 and 2 (zero gradient) keep their values
+    table.grad = torch.tensor([[0.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    optimizer.step()
+    torch.testing.assert_close(table.detach(), torch.tensor([[-1.0, -1.0], [0.0, -math.sqrt(2)], [-3 / r5, 1 / r5]]))
+    assert optimizer.state[table]["sum"].flatten().tolist() == pytest.approx([4.0, 2.0, 5.0])
+
+
+def test_rowwise_adagrad_matches_torchrec_on_dense_gradients():
+    rowwise = pytest.importorskip("torchrec.optim.rowwise_adagrad", reason="the peer implementation is TorchRec's")
+    from mldcn.train.rowwise import RowWiseAdagrad
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Parameter(torch.randn(6, 4)), None
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    mine, peer = RowWiseAdagrad([ours], lr=0.1), rowwise.RowWiseAdagrad([theirs], lr=0.1)
+    for _ in range(5):
+        grad = torch.randn(6, 4) * (torch.rand(6, 1) > 0.3)  # some rows without gradient
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        mine.step()
+        peer.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_rowwise_adagrad_trains_the_tables(data, built_optimizers):
+    from mldcn.train.rowwise import RowWiseAdagrad
+
+    model = new_model(data.features)
+    config = replace(FAST, epochs=2, embedding_optimizer="rowwise_adagrad", embedding_lr=0.05)
+    result = fit(model, data.train, data.valid, config)
+    assert type(built_optimizers[-1]) is RowWiseAdagrad and model.embedding.sparse
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[1] < losses[0] and evaluate(model, data.valid)[CLICK]["auc"] > 0.65

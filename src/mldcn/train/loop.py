@@ -55,7 +55,8 @@ class TrainConfig(Config):
         lr: learning rate of the dense optimiser.
         weight_decay: weight decay of the dense optimiser (decoupled for ``adamw``).
         embedding_optimizer: ``same`` (tables join the dense optimiser), ``adam``
-            (a separate dense Adam), ``adagrad`` or ``sparse_adam`` (sparse gradients:
+            (a separate dense Adam), ``adagrad``, ``rowwise_adagrad`` (one accumulator
+            per table row, :mod:`mldcn.train.rowwise`) or ``sparse_adam`` (sparse gradients:
             only the rows looked up in a batch are touched).
         embedding_lr: learning rate of a separate embedding optimiser (default: ``lr``).
         embedding_l2: λ of ``λ/2 · ||E||²`` over the whole tables, added to the loss
@@ -78,7 +79,7 @@ class TrainConfig(Config):
         embedding_sharding: ``none``; ``table`` or ``column``: shard the embedding
             tables across the processes with TorchRec (an optional extra; see
             :mod:`mldcn.train.sharding`); the tables then use a fused optimiser
-            (``embedding_optimizer``: adagrad by default, or adam).
+            (``embedding_optimizer``: adagrad by default, rowwise_adagrad, or adam).
         threads: torch intra-op threads (None = torch's default).
         device: ``cpu``, ``cuda`` or ``auto``.
         precision: ``fp32``; ``bf16``: the interaction and the head run under
@@ -97,7 +98,7 @@ class TrainConfig(Config):
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    embedding_optimizer: Literal["same", "adam", "adagrad", "sparse_adam"] = "same"
+    embedding_optimizer: Literal["same", "adam", "adagrad", "rowwise_adagrad", "sparse_adam"] = "same"
     embedding_lr: float | None = None
     embedding_l2: float = 0.0
     grad_clip_norm: float | None = 10.0
@@ -127,7 +128,7 @@ class TrainConfig(Config):
             raise ConfigError("TrainConfig.embedding_l2 is not supported with sharded embedding tables")
         if self.monitor == "gauc" and self.group_field is None:
             raise ConfigError("TrainConfig.monitor 'gauc' needs a group_field (the field whose values group the rows)")
-        if self.embedding_l2 > 0 and self.embedding_optimizer in ("adagrad", "sparse_adam"):
+        if self.embedding_l2 > 0 and self.embedding_optimizer in ("adagrad", "rowwise_adagrad", "sparse_adam"):
             raise ConfigError(
                 "TrainConfig.embedding_l2 regularises the whole table (a dense gradient); "
                 f"it cannot be combined with the sparse embedding_optimizer {self.embedding_optimizer!r}"

@@ -17,6 +17,10 @@ from torch import nn
 from mldcn.config import ConfigError
 from mldcn.models.ranking import RankingModel
 from mldcn.train.distributed import DistContext
+from mldcn.train.rowwise import RowWiseAdagrad
+
+#: embedding optimisers that take sparse gradients (only the rows looked up in a batch)
+SPARSE = ("adagrad", "rowwise_adagrad", "sparse_adam")
 
 
 @dataclass
@@ -73,12 +77,14 @@ def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]
         return [dense_cls(dense + tables, lr=config.lr, weight_decay=config.weight_decay)]
     optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)] if dense else []
     lr = config.embedding_lr or config.lr
-    model.embedding.sparse = config.embedding_optimizer in ("adagrad", "sparse_adam")
+    model.embedding.sparse = config.embedding_optimizer in SPARSE
     if tables:
         if config.embedding_optimizer == "adam":
             optimizers.append(torch.optim.Adam(tables, lr=lr))
         elif config.embedding_optimizer == "adagrad":
             optimizers.append(torch.optim.Adagrad(tables, lr=lr))
+        elif config.embedding_optimizer == "rowwise_adagrad":
+            optimizers.append(RowWiseAdagrad(tables, lr=lr))
         else:
             optimizers.append(torch.optim.SparseAdam(tables, lr=lr))
     return optimizers
@@ -87,7 +93,7 @@ def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]
 def _sharded(model: RankingModel, config, device: torch.device, ctx: DistContext) -> Optimisation:
     from mldcn.train.sharding import dense_parameters, shard_model  # noqa: PLC0415  (optional extra)
 
-    fused = "adagrad" if config.embedding_optimizer in ("same", "adagrad") else "adam"
+    fused = {"same": "adagrad", "adagrad": "adagrad", "rowwise_adagrad": "rowwise_adagrad"}.get(config.embedding_optimizer, "adam")
     if fused == "adam" and device.type == "cpu":
         raise ConfigError("fused Adam for sharded tables runs on GPU only (fbgemm); use embedding_optimizer adagrad on CPU")
     net = shard_model(model, config.embedding_sharding, ctx.world_size, fused, config.embedding_lr or 0.01, device)

@@ -41,6 +41,7 @@ try:  # optional dependency
         Topology,
     )
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad as TorchRecRowWiseAdagrad
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     HAVE_TORCHREC = True
@@ -144,7 +145,12 @@ def shard_model(
     device = device or torch.device("cpu")
     old = model.embedding
     model.embedding = ShardedFeatureEmbedding(old.features, old.dim, old.init_std)
-    optimizer_cls = {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    optimizer_cls = {
+        "adagrad": torch.optim.Adagrad,
+        "rowwise_adagrad": TorchRecRowWiseAdagrad,  # FBGEMM's fused EXACT_ROWWISE_ADAGRAD
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+    }
     if embedding_optimizer not in optimizer_cls:
         raise ConfigError(f"sharded tables support the fused optimisers {sorted(optimizer_cls)}, got {embedding_optimizer!r}")
     apply_optimizer_in_backward(
