@@ -168,3 +168,7 @@ class FeatureSpec:
 
     def with_tasks(self, tasks: tuple[TaskSpec, ...]) -> "FeatureSpec":
         return dataclasses.replace(self, tasks=tuple(tasks))
+
+    def same_inputs(self, other: "FeatureSpec") -> bool:
+        """The same fields as ``other`` (its tasks may differ: a model may learn some of the data's)."""
+        return self.with_tasks(other.tasks) == other

@@ -58,6 +58,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` (the writer named by a temporary folder or a claim file) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """``Path(path).write_text(text)``, but readers never see a partial file."""
     with atomic_path(path) as tmp:

@@ -23,6 +23,7 @@ from mldcn.batch import Batch
 from mldcn.data.readers import as_float, as_string
 from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn, SequenceColumn, schema_from_dict
 from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField, TaskSpec
+from mldcn.files import write_text_atomic
 
 #: 2: labels.bin [N, T], one column per task (was label.bin [N])
 FORMAT_VERSION = 2
@@ -289,9 +290,7 @@ class Encoder:
             "train_rows": self.train_rows,
             **(extra or {}),
         }
-        tmp = directory / "feature_map.json.tmp"
-        tmp.write_text(json.dumps(feature_map, indent=2))
-        tmp.replace(directory / "feature_map.json")
+        write_text_atomic(directory / "feature_map.json", json.dumps(feature_map, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path) -> "Encoder":

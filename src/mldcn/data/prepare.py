@@ -46,7 +46,7 @@ from mldcn.config import Config, ConfigError, to_dict
 from mldcn.data.encode import FORMAT_VERSION, Encoder, Fitter, read_feature_map
 from mldcn.data.readers import CHUNK_BYTES, DataError, OnBadRows, RawChunk, ReadStats, read_chunks
 from mldcn.data.schema import DataSchema
-from mldcn.files import temporary_sibling
+from mldcn.files import process_alive, temporary_sibling
 
 SPLITS = ("train", "valid", "test")
 
@@ -242,18 +242,8 @@ def _remove_stale_builds(out_dir: Path) -> None:
     """Remove the temporary folders of earlier runs that were killed (their process is gone)."""
     for folder in out_dir.glob(".prepare.tmp-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _move_into_place(built: Path, out_dir: Path) -> None:

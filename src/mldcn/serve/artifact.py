@@ -96,7 +96,7 @@ def save_artifact(
         raise ArtifactError("the model has no config; build it with mldcn.models.create_model")
     features = model.embedding.features
     # the model may learn a subset of the data's tasks (data.tasks): compare the input fields
-    if encoder is not None and encoder.features.with_tasks(features.tasks) != features:
+    if encoder is not None and not encoder.features.same_inputs(features):
         raise ArtifactError("the encoder's feature spec differs from the model's; was it trained on this data?")
     directory = Path(directory)
     if directory.exists() and not (directory / ARTIFACT_FILE).exists() and any(directory.iterdir()):
@@ -208,7 +208,7 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         encoder = Encoder.load(directory / info["preprocessing"])
         if "tasks" not in info["features"]:  # made before tasks existed: its one task is the schema's label
             features = features.with_tasks(encoder.features.tasks)
-        if encoder.features.with_tasks(features.tasks) != features:
+        if not encoder.features.same_inputs(features):
             raise ArtifactError(f"{directory / info['preprocessing']}: its features differ from {file}'s")
     weights = directory / info["weights"]
     if not weights.exists():

@@ -140,45 +140,39 @@ def _is_parquet(path: Path) -> bool:
 
 
 class _Writer:
-    """Appends tables to a CSV or Parquet file that appears at ``path`` only when complete.
+    """Appends tables to a CSV or Parquet file; a context manager that closes it on exit.
 
-    A context manager: the rows go to a temporary file (:func:`mldcn.files.atomic_path`),
-    renamed onto ``path`` when the block ends without an error; on an error (a bad
-    row, an interrupt) the temporary file is removed and nothing appears at ``path``.
-    A run that writes no rows (every row skipped) still writes the header.
+    Used inside :func:`mldcn.files.atomic_path` (``with atomic_path(out) as tmp,
+    _Writer(tmp, ...) as writer``): the file is closed first, then renamed onto the
+    output when the block ended without an error, or removed when it did not (a
+    bad row, an interrupt). A run that writes no rows (every row skipped) still
+    writes the header.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, parquet: bool, schema: pa.Schema) -> None:
         self.path = path
-        self.parquet = _is_parquet(path)
+        self.parquet = parquet
         self.schema = schema  # of an output without rows
         self.writer = None
         self.rows = 0
 
     def __enter__(self) -> "_Writer":
-        self._atomic = atomic_path(self.path)
-        self.tmp = self._atomic.__enter__()
         return self
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
             if self.parquet:
-                self.writer = pq.ParquetWriter(str(self.tmp), table.schema)
+                self.writer = pq.ParquetWriter(str(self.path), table.schema)
             else:
-                self.writer = pcsv.CSVWriter(str(self.tmp), table.schema)
+                self.writer = pcsv.CSVWriter(str(self.path), table.schema)
         self.writer.write_table(table)
         self.rows += table.num_rows
 
-    def __exit__(self, kind, error, traceback) -> bool:
-        try:
-            if error is None and self.writer is None:
-                self.write(self.schema.empty_table())
-            if self.writer is not None:
-                self.writer.close()
-        except BaseException as failure:
-            self._atomic.__exit__(type(failure), failure, failure.__traceback__)
-            raise
-        return bool(self._atomic.__exit__(kind, error, traceback))
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None and self.writer is None:
+            self.write(self.schema.empty_table())
+        if self.writer is not None:
+            self.writer.close()
 
 
 @dataclass
@@ -255,7 +249,7 @@ def predict_file(
     fields += [pa.field("line", pa.int64())] if line_numbers else []
     empty = pa.schema([*fields, *(pa.field(probability_column(t), pa.float32()) for t in tasks)])
     start = time.perf_counter()
-    with _Writer(output, empty) as writer:
+    with atomic_path(output) as tmp, _Writer(tmp, _is_parquet(output), empty) as writer:
         for chunk in read_chunks(
             input, schema, on_bad_rows, stats, chunk_bytes, extra_columns=keep_columns, require_label=False
         ):
@@ -298,7 +292,7 @@ def predict_prepared(
     directory, output = Path(directory), Path(output)
     features = FeatureSpec.from_dict(read_feature_map(directory)["features"])
     tasks = artifact.features.task_names
-    if features.with_tasks(artifact.features.tasks) != artifact.features or not set(tasks) <= set(features.task_names):
+    if not features.same_inputs(artifact.features) or not set(tasks) <= set(features.task_names):
         raise ArtifactError(f"{directory}: its features differ from the model's in {artifact.path}")
     data = load_split(directory, split, mmap=True)
     columns = [features.task_names.index(t) for t in tasks]
@@ -307,7 +301,7 @@ def predict_prepared(
     names = [f"label_{t}" for t in tasks] + [probability_column(t) for t in tasks]
     out_schema = pa.schema([pa.field(name, pa.float32()) for name in names])
     start = time.perf_counter()
-    with _Writer(output, out_schema) as writer:
+    with atomic_path(output) as tmp, _Writer(tmp, _is_parquet(output), out_schema) as writer:
         rows_per_chunk = max(batch_size, 1 << 16)
         for begin in range(0, len(data), rows_per_chunk):
             part = data.rows(begin, begin + rows_per_chunk)

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from mldcn.data.dataset import Dataset
+from mldcn.data.source import DataConfig
+from mldcn.files import process_alive
 from mldcn.models.config import ModelConfig
 from mldcn.train.loop import TrainConfig, predict
-from mldcn.data.source import DataConfig
 from mldcn.train.run import RunConfig, run
 
 
@@ -106,7 +107,7 @@ def _claim(path: Path) -> bool:
                 holder = int(path.read_text() or 0)
             except (OSError, ValueError):
                 holder = 0
-            if holder and holder != os.getpid() and _alive(holder):
+            if holder and holder != os.getpid() and process_alive(holder):
                 return False
             path.unlink(missing_ok=True)  # left by a dead worker: take it over
             continue
@@ -114,16 +115,6 @@ def _claim(path: Path) -> bool:
             f.write(str(os.getpid()))
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_one(spec: RunSpec, dataset: Dataset, data_config: DataConfig, out_dir: Path, echo, position: str) -> dict:

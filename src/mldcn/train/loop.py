@@ -37,7 +37,7 @@ from mldcn.train import checkpoint
 from mldcn.train.distributed import DistContext, all_reduce_sum, gather_strided
 from mldcn.train.distributed import context as distributed_context
 from mldcn.train.log import MetricsLog
-from mldcn.train.optim import Optimisation, build_optimizers, set_up
+from mldcn.train.optim import SPARSE, Optimisation, build_optimizers, set_up
 from mldcn.train.state import FitResult, TrainingState
 
 __all__ = ["FitResult", "TrainConfig", "build_optimizers", "evaluate", "fit", "predict", "seed_everything"]
@@ -128,7 +128,7 @@ class TrainConfig(Config):
             raise ConfigError("TrainConfig.embedding_l2 is not supported with sharded embedding tables")
         if self.monitor == "gauc" and self.group_field is None:
             raise ConfigError("TrainConfig.monitor 'gauc' needs a group_field (the field whose values group the rows)")
-        if self.embedding_l2 > 0 and self.embedding_optimizer in ("adagrad", "rowwise_adagrad", "sparse_adam"):
+        if self.embedding_l2 > 0 and self.embedding_optimizer in SPARSE:
             raise ConfigError(
                 "TrainConfig.embedding_l2 regularises the whole table (a dense gradient); "
                 f"it cannot be combined with the sparse embedding_optimizer {self.embedding_optimizer!r}"
@@ -184,15 +184,18 @@ def predict(model: nn.Module, split: Batch, batch_size: int = 65536, precision: 
     return torch.sigmoid(predict_logits(model, split, batch_size, precision)).numpy()
 
 
+def _group_column(features: FeatureSpec, group_field: str) -> int:
+    """The column of ``categorical`` that holds ``group_field`` (gAUC's groups)."""
+    names = [f.name for f in features.categorical]
+    if group_field not in names:
+        raise ConfigError(f"TrainConfig.group_field {group_field!r} is not a categorical field; fields: {names}")
+    return names.index(group_field)
+
+
 def task_metrics(features: FeatureSpec, split: Batch, probabilities: np.ndarray, group_field: str | None = None) -> dict:
     """``{task: {auc, logloss, ne, calibration[, gauc]}}`` of ``probabilities [N, T]`` on ``split``."""
     labels = split.labels.numpy()
-    groups = None
-    if group_field is not None:
-        names = [f.name for f in features.categorical]
-        if group_field not in names:
-            raise ConfigError(f"TrainConfig.group_field {group_field!r} is not a categorical field; fields: {names}")
-        groups = split.categorical[:, names.index(group_field)].numpy()
+    groups = None if group_field is None else split.categorical[:, _group_column(features, group_field)].numpy()
     metrics = {}
     for t, task in enumerate(features.task_names):
         metrics[task] = binary_metrics(labels[:, t], probabilities[:, t])
@@ -209,10 +212,9 @@ def evaluate(
 
 
 def monitored_score(metrics: dict[str, dict[str, float]], config: TrainConfig) -> float:
-    """The validation score early stopping watches: one task's metric, or its mean over the tasks."""
+    """The validation score early stopping watches: one task's metric, or its mean over the tasks
+    (``fit`` has checked that the task exists)."""
     if config.monitor_task is not None:
-        if config.monitor_task not in metrics:
-            raise ConfigError(f"TrainConfig.monitor_task {config.monitor_task!r} is not a task; tasks: {list(metrics)}")
         return metrics[config.monitor_task][config.monitor]
     return float(np.mean([m[config.monitor] for m in metrics.values()]))
 
@@ -279,9 +281,8 @@ def _check_against(features: FeatureSpec, config: TrainConfig) -> None:
     """The task and field the config names exist (before an epoch is spent finding out)."""
     if config.monitor_task is not None and config.monitor_task not in features.task_names:
         raise ConfigError(f"TrainConfig.monitor_task {config.monitor_task!r} is not a task; tasks: {list(features.task_names)}")
-    categorical = [f.name for f in features.categorical]
-    if config.group_field is not None and config.group_field not in categorical:
-        raise ConfigError(f"TrainConfig.group_field {config.group_field!r} is not a categorical field; fields: {categorical}")
+    if config.group_field is not None:
+        _group_column(features, config.group_field)
 
 
 def fit(

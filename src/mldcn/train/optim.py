@@ -19,6 +19,13 @@ from mldcn.models.ranking import RankingModel
 from mldcn.train.distributed import DistContext
 from mldcn.train.rowwise import RowWiseAdagrad
 
+#: the separate embedding optimisers (``embedding_optimizer``) by name
+EMBEDDING_OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+    "sparse_adam": torch.optim.SparseAdam,
+}
 #: embedding optimisers that take sparse gradients (only the rows looked up in a batch)
 SPARSE = ("adagrad", "rowwise_adagrad", "sparse_adam")
 
@@ -79,14 +86,7 @@ def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]
     lr = config.embedding_lr or config.lr
     model.embedding.sparse = config.embedding_optimizer in SPARSE
     if tables:
-        if config.embedding_optimizer == "adam":
-            optimizers.append(torch.optim.Adam(tables, lr=lr))
-        elif config.embedding_optimizer == "adagrad":
-            optimizers.append(torch.optim.Adagrad(tables, lr=lr))
-        elif config.embedding_optimizer == "rowwise_adagrad":
-            optimizers.append(RowWiseAdagrad(tables, lr=lr))
-        else:
-            optimizers.append(torch.optim.SparseAdam(tables, lr=lr))
+        optimizers.append(EMBEDDING_OPTIMIZERS[config.embedding_optimizer](tables, lr=lr))
     return optimizers
 
 

@@ -1,8 +1,8 @@
 """What a run directory was made from, and who is writing it.
 
-``run.json`` records the resolved config, the model config and a fingerprint of
-the data (feature spec, rows and label means of every split, and for prepared
-data the fingerprint of its raw inputs). ``--resume`` compares the new run with
+``run.json`` records the resolved config (the model's included) and a
+fingerprint of the data (feature spec and tasks, schema, rows and positive rate
+of every split). ``--resume`` compares the new run with
 the record and refuses a mismatch, naming the keys that differ, so a run
 directory never pairs the weights of one run with the data or model of another.
 A few keys may change on resume because they change how long or how visibly a
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mldcn.config import ConfigError
-from mldcn.data.dataset import Dataset
+from mldcn.data.dataset import Dataset, positive_rates
 from mldcn.files import write_text_atomic
 
 RECORD_FILE = "run.json"
@@ -46,14 +46,12 @@ class RunDirError(ConfigError):
 def data_fingerprint(dataset: Dataset) -> dict:
     """What identifies the data a run trains and is tested on (not where it lies)."""
     splits = {name: getattr(dataset, name) for name in ("train", "valid", "test")}
+    rates = positive_rates(splits, dataset.features)
     facts = {
         "features": dataset.features.to_dict(),
         "rows": {name: len(split) for name, split in splits.items()},
-        "label_mean": {
-            name: [round(v, 12) for v in split.labels.double().mean(dim=0).tolist()] if len(split) else None
-            for name, split in splits.items()
-        },
-        "source": {k: v for k, v in dataset.info.items() if k in ("schema", "input_fingerprint")},
+        "label_mean": {name: [round(rate, 12) for rate in rates[name].values()] for name in splits},
+        "schema": dataset.info.get("schema"),
     }
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, "rows": facts["rows"], "name": dataset.name, "path": dataset.info.get("source")}
