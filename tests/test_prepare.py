@@ -509,13 +509,16 @@ def full(tmp_path):
     return out, files
 
 
-def test_load_prepared_mmap_and_in_memory_agree(full):
+def test_load_prepared_streamed_and_in_memory_agree(full):
     out, _ = full
-    in_memory, mapped = load_prepared(out), load_prepared(out, mmap=True)
-    assert in_memory.features == mapped.features
-    assert in_memory.info["train_rows"] == 200 and mapped.info["test_rows"] == 60
+    in_memory, streamed = load_prepared(out, "memory"), load_prepared(out, "stream")
+    assert in_memory.features == streamed.features
+    assert in_memory.info["train_rows"] == 200 and streamed.info["test_rows"] == 60
+    assert (in_memory.info["load"], streamed.info["load"]) == ("memory", "stream")
+    assert in_memory.info["positive_rate"] == streamed.info["positive_rate"]
     for name in ("train", "valid", "test"):
-        a, b = getattr(in_memory, name), getattr(mapped, name)
+        a, b = getattr(in_memory, name), getattr(streamed, name)
+        b = b.rows(0, len(b))
         assert a.categorical.shape == (len(a), 4)
         assert a.sequence.shape == (len(a), 2, 4)  # padded to the longest max_len
         for field in ("categorical", "numeric", "labels", "sequence"):
@@ -591,9 +594,9 @@ def test_truncated_array_is_a_clear_error(full):
     out, _ = full
     label = out / "train" / "labels.bin"
     label.write_bytes(label.read_bytes()[:-6])
-    for mmap in (False, True):
+    for load in ("memory", "stream"):
         with pytest.raises(FeatureMapError, match="expected 800") as error:
-            load_prepared(out, mmap=mmap)
+            load_prepared(out, load)
         assert str(label) in str(error.value)
 
 
@@ -663,9 +666,9 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("check_bytes", [None, 40], ids=["one_block", "blocks_of_a_few_rows"])
-@pytest.mark.parametrize("mmap", [False, True], ids=["in_memory", "mmap"])
+@pytest.mark.parametrize("load", ["memory", "stream"])
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
-def test_prepared_values_outside_the_feature_map_are_a_clear_error(full, monkeypatch, case, mmap, check_bytes):
+def test_prepared_values_outside_the_feature_map_are_a_clear_error(full, monkeypatch, case, load, check_bytes):
     import mldcn.data.prepared as prepared  # noqa: PLC0415
 
     if check_bytes is not None:
@@ -675,9 +678,9 @@ def test_prepared_values_outside_the_feature_map_are_a_clear_error(full, monkeyp
     if isinstance(value, str):
         value = vocab_size(out, "sequence" if name == "sequence" else "categorical", value)
     path = corrupt(out, split, name, index, value)
-    for load in (lambda: load_prepared(out, mmap=mmap), lambda: load_split(out, split, mmap=mmap)):
+    for loader in (lambda: load_prepared(out, load), lambda: load_split(out, split, load)):
         with pytest.raises(FeatureMapError) as error:
-            load()
+            loader()
         message = str(error.value)
         assert message.startswith(f"{path}: "), message
         for part in expected:
@@ -694,7 +697,7 @@ def test_the_first_bad_row_is_reported(full, monkeypatch):
     corrupt(out, "train", "categorical", (90, 3), 10_000)
     corrupt(out, "train", "categorical", (90, 2), -5)  # the same row: the first field is named
     with pytest.raises(FeatureMapError, match="row 90, field 'b': id -5 is outside"):
-        load_prepared(out, mmap=True)
+        load_prepared(out, "stream")
 
 
 def test_prepare_rebuilds_corrupt_values_instead_of_reusing_them(full):

@@ -85,6 +85,18 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         return self._map(lambda v: v.to(device, non_blocking=True))
 
+    def select_labels(self, index: list[int]) -> "Batch":
+        """The same rows with only the label columns ``index`` (in that order)."""
+        return Batch(self.categorical, self.numeric, self.sequence, self.labels[:, index], self.weights)
+
+    def label_means(self) -> np.ndarray:
+        """The mean of each label column ``[T]`` (float64)."""
+        return self.labels.double().mean(dim=0).numpy()
+
+    def rows_per_epoch(self, world_size: int = 1) -> int:
+        """Rows a shuffled epoch yields over all ranks: every row once."""
+        return len(self)
+
     def without_labels(self) -> "Batch":
         return Batch(self.categorical, self.numeric, self.sequence)
 

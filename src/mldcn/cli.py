@@ -4,6 +4,7 @@
     mldcn models                    every preset with its FLOPs and parameters
     mldcn prepare --schema frappe --train ... --valid ... --test ... --out DIR
                                     preprocess a raw click log
+    mldcn synth DIR --train-rows N  write an industrial-shape log (neutral teacher) as prepared data
     mldcn train --model mldcn       train one model (config file and/or flags)
 """
 
@@ -40,7 +41,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="override any config key, e.g. --set model.interaction.rank=16 (repeatable)",
     )
     p.add_argument("--out", help="run directory (default: runs/<model>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (last.pt; last.dcp/ for sharded tables)")
     p.add_argument(
         "--nproc",
         type=int,
@@ -134,7 +135,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _describe_data(data) -> str:
     """One line: what a run trains on."""
     if data.source == "prepared":
-        return f"prepared data in {data.path}"
+        return f"prepared data in {data.path}" + ("" if data.load == "auto" else f" ({data.load})")
+    if data.source == "industrial":
+        s = data.industrial
+        return (
+            f"the industrial-shape log ({s.train_rows:,} train / {s.valid_rows:,} valid / {s.test_rows:,} test rows, "
+            f"seed {s.seed}), generated in memory"
+        )
     s = data.synthetic
     return (
         f"the embedded synthetic click log ({s.train_rows:,} train / {s.valid_rows:,} valid / {s.test_rows:,} test rows, "
@@ -144,8 +151,9 @@ def _describe_data(data) -> str:
 
 def _interrupted(out: Path) -> str:
     """What to tell a user who pressed Ctrl-C during training: where the checkpoint is, how to resume."""
-    checkpoint = out / "last.pt"
-    if not checkpoint.exists():
+    from mldcn.train import checkpoint  # noqa: PLC0415
+
+    if not checkpoint.found(out):
         return f"mldcn train: interrupted before the first epoch finished; no checkpoint was written in {out}"
     epochs = 0
     with contextlib.suppress(OSError, ValueError):
@@ -156,7 +164,8 @@ def _interrupted(out: Path) -> str:
         argv += ["--out", str(out)]
     return (
         f"mldcn train: interrupted. The training state after the last finished epoch ({epochs}) is in "
-        f"{checkpoint}; continue with:\n  mldcn {shlex.join(argv)} --resume"
+        f"{out / checkpoint.LAST if (out / checkpoint.LAST).is_file() else checkpoint.sharded_checkpoint(out)}; "
+        f"continue with:\n  mldcn {shlex.join(argv)} --resume"
     )
 
 
@@ -168,10 +177,11 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "into memory-mappable arrays plus a feature map.",
     )
     p.add_argument("--schema", required=True, help="built-in schema name (criteo, avazu, frappe, ...) or a YAML file")
-    p.add_argument("--train", help="training file")
-    p.add_argument("--valid", help="validation file")
-    p.add_argument("--test", help="test file")
-    p.add_argument("--input", help="one file to split (with --split random or time)")
+    inputs = "; each: a file, several files, a quoted glob ('day_*.tsv') or a directory of files (e.g. Parquet shards)"
+    p.add_argument("--train", nargs="+", metavar="PATH", help="training data" + inputs)
+    p.add_argument("--valid", nargs="+", metavar="PATH", help="validation data")
+    p.add_argument("--test", nargs="+", metavar="PATH", help="test data")
+    p.add_argument("--input", nargs="+", metavar="PATH", help="data to split (with --split random or time)")
     p.add_argument("--split", choices=["files", "random", "time"], help="default: files, or random with --input")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
@@ -182,6 +192,13 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-count", type=int, help="override the schema's vocabulary min_count")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error")
     p.add_argument("--force", action="store_true", help="prepare again even if the inputs are unchanged")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that read, fit and encode in parallel (files, and 32 MiB parts of large files); "
+        "the output is the same for any number",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_prepare)
 
@@ -215,6 +232,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         split=split,
         on_bad_rows=args.on_bad_rows,
         force=args.force,
+        workers=args.workers,
         progress=print,
     )
     if report["reused"]:
@@ -224,10 +242,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             f"{entry['path']}: {entry['rows_read']:,} rows read = {entry['rows_kept']:,} written "
             f"+ {entry['rows_skipped']:,} skipped"
         )
+        for part in entry.get("parts", []):  # a file read in parts (units of work)
+            first, last = part["lines"]
+            print(
+                f"  lines {first:,}-{last:,}: {part['rows_read']:,} read = {part['rows_kept']:,} written "
+                f"+ {part['rows_skipped']:,} skipped"
+            )
         for bad in entry["skipped_examples"][:5]:
             print(f"  skipped line {bad['line']}: {bad['reason']}")
         if entry["rows_skipped"] > 5:
-            print(f"  ... and {entry['rows_skipped'] - 5:,} more (all listed up to 20 in feature_map.json)")
+            print(f"  ... and {entry['rows_skipped'] - 5:,} more (the first 20 are listed in feature_map.json)")
     def rates(v: dict) -> str:
         return ", ".join(f"{task} {count / max(v['rows'], 1):.1%}" for task, count in v["positives"].items())
 
@@ -425,6 +449,64 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write an industrial-shape synthetic click log",
+        description="Generate the industrial-shape click log (user / ad / context / cross fields, long-tail ids, "
+        "multi-valued fields, click and good-click labels from a teacher shaped like no model family) straight "
+        "into a prepared directory that `mldcn train --data OUT` reads. Prints rows/s, the size and the ceiling "
+        "AUC (of the true probabilities) of every split. See docs/industrial.md.",
+    )
+    p.add_argument("out", metavar="OUT", help="output directory (an earlier log there is replaced)")
+    p.add_argument("--train-rows", type=int, help="training rows (default 1,000,000)")
+    p.add_argument("--valid-rows", type=int, help="validation rows (default 100,000)")
+    p.add_argument("--test-rows", type=int, help="test rows (default 100,000)")
+    p.add_argument("--seed", type=int, help="seed of the log: its teacher and its rows")
+    p.add_argument("--largest-vocab", type=int, help="user ids, the largest field (default 1,000,000; up to 10^7 and more)")
+    p.add_argument("--sequence-length", type=int, help="most items of a multi-valued field (default 10)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any generator setting, e.g. --set base_ctr=0.05 --set teacher_hidden=[64,32] (repeatable)",
+    )
+    p.add_argument("--workers", type=int, help="threads making chunks (default: one per core, at most 4)")
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mldcn.config import from_dict
+    from mldcn.data.industrial import IndustrialConfig, write_industrial
+
+    flags = {
+        "train_rows": args.train_rows,
+        "valid_rows": args.valid_rows,
+        "test_rows": args.test_rows,
+        "seed": args.seed,
+        "largest_vocab": args.largest_vocab,
+        "sequence_length": args.sequence_length,
+    }
+    data = apply_overrides({}, args.set)
+    data.update({key: value for key, value in flags.items() if value is not None})
+    config = from_dict(IndustrialConfig, data, "mldcn synth")
+    report = write_industrial(config, args.out, progress=print, workers=args.workers)
+    rows = sum(report["rows"].values())
+    print(
+        f"{rows:,} rows in {report['seconds']:.2f} s ({report['rows_per_second']:,.0f} rows/s) -> {args.out} "
+        f"({report['bytes'] / 2**20:,.1f} MiB)"
+    )
+    for split, tasks in report["ceiling"].items():
+        parts = [
+            f"{task} ceiling AUC {value['auc']:.4f} (positive {report['positive_rate'][split][task]:.2%})"
+            for task, value in tasks.items()
+        ]
+        print(f"  {split}: {'; '.join(parts)}")
+    print(f"train on it: mldcn train --data {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mldcn",
@@ -453,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_ablate,
     )
     _add_prepare(sub)
+    _add_synth(sub)
     _add_train(sub)
     add_serve_commands(sub)  # predict, export, serve
     return parser

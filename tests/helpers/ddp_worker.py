@@ -1,10 +1,11 @@
 """Train a tiny model for the distributed tests; run directly or under torchrun.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/helpers/ddp_worker.py OUT
+    python -m torch.distributed.run --nproc_per_node 2 tests/helpers/ddp_worker.py OUT [EMBEDDING_OPTIMIZER]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -25,13 +26,14 @@ MODEL = (
 TRAIN = TrainConfig(epochs=2, batch_size=512, lr=3e-3, progress=False, seed=0, precision="fp32", threads=1)
 
 
-def train(out: str | None = None):
+def train(out: str | None = None, embedding_optimizer: str = "same"):
     torch.set_num_threads(1)
     ctx = distributed.init(torch.device("cpu"))
     data = make_synthetic(DATA)
     seed_everything(0)
     model = create_model(MODEL, data.features)
-    result = fit(model, data.train, data.valid, TRAIN)
+    config = dataclasses.replace(TRAIN, embedding_optimizer=embedding_optimizer, embedding_lr=0.05)
+    result = fit(model, data.train, data.valid, config)
     if out is not None and ctx.is_main:
         torch.save(model.state_dict(), out + ".pt")
         with open(out + ".json", "w") as f:
@@ -40,4 +42,4 @@ def train(out: str | None = None):
 
 
 if __name__ == "__main__":
-    train(sys.argv[1])
+    train(*sys.argv[1:])

@@ -2,7 +2,15 @@
 
 :class:`Fitter` streams over the training rows once and collects vocabulary
 counts, numeric statistics and bucket samples; :class:`Encoder` holds the fitted
-result and turns raw columns into the arrays a model takes. Training
+result and turns raw columns into the arrays a model takes.
+
+Fitters of disjoint parts of the rows :meth:`~Fitter.merge` into the fitter of
+all of them, so parallel preparation fits each part in its own process. What
+the fit gives is a function of the rows, not of how they were cut or in which
+order the parts arrive: vocabularies are exact counts, ordered by count then
+value; the bucket sample is the ``_BUCKET_SAMPLE`` rows with the smallest keys
+(a hash of the row's position); numeric moments are merged in the order of the
+parts, a fixed order that does not depend on the number of processes. Training
 (``mldcn prepare``) and serving (``mldcn predict``/``serve``) use the same
 ``Encoder``, saved as ``feature_map.json`` plus one Parquet file per vocabulary.
 """
@@ -13,21 +21,24 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mldcn.batch import Batch
 from mldcn.data.readers import as_float, as_string
 from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn, SequenceColumn, schema_from_dict
 from mldcn.features import CategoricalField, FeatureSpec, NumericField, SequenceField, TaskSpec
 from mldcn.files import write_text_atomic
 
+if TYPE_CHECKING:  # torch is imported only by what returns tensors: preparation workers run without it
+    from mldcn.batch import Batch
+
 #: 2: labels.bin [N, T], one column per task (was label.bin [N])
 FORMAT_VERSION = 2
-_COMPACT_PARTS = 2  # merge the partial vocabulary counts of this many chunks
+_COMPACT_ROWS = 1 << 16  # merge partial vocabulary counts once they hold more rows than this and the merged part
 _BUCKET_SAMPLE = 1_000_000
 
 
@@ -87,19 +98,39 @@ def stable_hash(values: pa.Array, buckets: int) -> np.ndarray:
 
 
 class _Counter:
-    """Streaming value counts of a string column, merged in Arrow."""
+    """Streaming value counts of a string column, merged in Arrow.
+
+    ``merged`` holds the counts merged so far; the partial counts in ``pending``
+    are merged in once they hold more rows than it (and than ``_COMPACT_ROWS``):
+    memory stays within a small multiple of the number of distinct values, and a
+    count is re-merged O(log n) times, not once per chunk.
+    """
 
     def __init__(self) -> None:
-        self.parts: list[pa.Table] = []
+        self.merged: pa.Table | None = None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
 
     def update(self, values: pa.Array) -> None:
         counts = pc.value_counts(values)
-        self.parts.append(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
-        if len(self.parts) > _COMPACT_PARTS:  # memory stays ~ the number of distinct values
-            self.parts = [self._merged()]
+        self._add(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
+
+    def merge(self, other: "_Counter") -> None:
+        """Add the counts of ``other``."""
+        for table in ([other.merged] if other.merged is not None else []) + other.pending:
+            self._add(table)
+
+    def _add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += len(table)
+        if self.pending_rows > max(0 if self.merged is None else len(self.merged), _COMPACT_ROWS):
+            self.merged, self.pending, self.pending_rows = self._merged(), [], 0
 
     def _merged(self) -> pa.Table:
-        table = pa.concat_tables(self.parts) if self.parts else pa.table({"value": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        parts = ([self.merged] if self.merged is not None else []) + self.pending
+        if not parts:
+            return pa.table({"value": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        table = pa.concat_tables(parts)
         return table.group_by("value").aggregate([("count", "sum")]).rename_columns(["value", "count"])
 
     def vocabulary(self, min_count: int) -> pa.Array:
@@ -127,13 +158,64 @@ class _Moments:
         self.m2 += m2 + delta**2 * self.n * n / total
         self.n = total
 
+    def merge(self, other: "_Moments") -> None:
+        """Chan et al.'s pairwise update: the moments of both parts' values."""
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean, other.m2
+            return
+        delta = other.mean - self.mean
+        total = self.n + other.n
+        self.mean += delta * other.n / total
+        self.m2 += other.m2 + delta**2 * self.n * other.n / total
+        self.n = total
+
     @property
     def std(self) -> float:
         return float(np.sqrt(self.m2 / self.n)) if self.n > 0 else 0.0
 
 
+class _Sample:
+    """The values of the ``size`` rows with the smallest keys seen (a uniform sample when
+    the keys are a hash of the rows' positions); a function of the rows, not of their order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.values = np.zeros(0, dtype=np.float64)
+
+    def update(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if len(self.keys) >= self.size:  # only keys below the largest kept one can enter
+            below = keys < self.keys.max()
+            keys, values = keys[below], values[below]
+        if keys.size == 0:
+            return
+        self.keys = np.concatenate([self.keys, keys.astype(np.uint64)])
+        self.values = np.concatenate([self.values, values.astype(np.float64)])
+        if len(self.keys) > 2 * self.size:  # amortised: cut back to size when twice over
+            self._cut()
+
+    def merge(self, other: "_Sample") -> None:
+        self.update(other.keys, other.values)
+
+    def _cut(self) -> None:
+        if len(self.keys) > self.size:
+            keep = np.argpartition(self.keys, self.size - 1)[: self.size]  # keys are distinct: one answer
+            self.keys, self.values = self.keys[keep], self.values[keep]
+
+    def result(self) -> np.ndarray:
+        self._cut()
+        return self.values
+
+
 class Fitter:
-    """Streams over training rows and fits an :class:`Encoder`."""
+    """Streams over training rows and fits an :class:`Encoder`.
+
+    Several fitters, each over its own rows, :meth:`merge` into one; the result
+    is exact (vocabularies, bucket samples) or, for the numeric moments, fixed by
+    the order of the merges.
+    """
 
     def __init__(self, schema: DataSchema, seed: int = 0) -> None:
         self.schema = schema
@@ -144,30 +226,39 @@ class Fitter:
         }
         self.sequence_counters = {c.name: _Counter() for c in schema.sequence}
         self.moments = {c.name: _Moments() for c in schema.numeric}
-        self.samples: dict[str, list[np.ndarray]] = {c.name: [] for c in schema.categorical if c.derive == "bucketize"}
-        self.sampled = {name: 0 for name in self.samples}
-        self.rng = np.random.default_rng(seed)
+        self.samples = {c.name: _Sample(_BUCKET_SAMPLE) for c in schema.categorical if c.derive == "bucketize"}
+        self.seed = seed
         self.rows = 0
 
-    def update(self, columns: dict[str, pa.Array]) -> None:
+    def update(self, columns: dict[str, pa.Array], keys: np.ndarray | None = None) -> None:
+        """Count the rows ``columns``. ``keys``: a distinct uint64 per row, a hash of its
+        position in the input (the bucket sample keeps the rows with the smallest keys);
+        default: a hash of the row's number in this fitter's stream."""
         n = len(next(iter(columns.values())))
+        if keys is None and self.samples:
+            keys = row_keys(np.arange(self.rows, self.rows + n, dtype=np.uint64), self.seed)
         self.rows += n
         for col in self.schema.categorical:
             raw = columns[col.column]
             if col.name in self.counters:
                 self.counters[col.name].update(categorical_strings(col, raw))
             elif col.name in self.samples:
-                values = as_float(raw, col.fill)
-                room = _BUCKET_SAMPLE - self.sampled[col.name]
-                if values.size > room:  # keep a uniform sample of at most _BUCKET_SAMPLE values
-                    values = self.rng.choice(values, size=max(room, 0), replace=False) if room > 0 else values[:0]
-                self.samples[col.name].append(values)
-                self.sampled[col.name] += values.size
+                self.samples[col.name].update(keys, as_float(raw, col.fill))
         for col in self.schema.numeric:
             self.moments[col.name].update(numeric_values(col, columns[col.column]))
         for col in self.schema.sequence:
             values, _ = sequence_lists(col, columns[col.column])
             self.sequence_counters[col.name].update(values)
+
+    def merge(self, other: "Fitter") -> None:
+        """Add what ``other`` (a fitter of the same schema, over other rows) counted."""
+        for name, counter in {**other.counters, **other.sequence_counters}.items():
+            (self.counters if name in self.counters else self.sequence_counters)[name].merge(counter)
+        for name, moments in other.moments.items():
+            self.moments[name].merge(moments)
+        for name, sample in other.samples.items():
+            self.samples[name].merge(sample)
+        self.rows += other.rows
 
     def finish(self) -> "Encoder":
         if self.rows == 0:
@@ -183,10 +274,21 @@ class Fitter:
         boundaries = {}
         for col in schema.categorical:
             if col.derive == "bucketize":
-                sample = np.concatenate(self.samples[col.name]) if self.samples[col.name] else np.zeros(1)
+                sample = self.samples[col.name].result()
+                sample = sample if sample.size else np.zeros(1)
                 qs = np.quantile(sample, np.linspace(0, 1, col.num_buckets + 1)[1:-1])
                 boundaries[col.name] = np.unique(qs)
         return Encoder(schema, vocabularies, stats, boundaries, train_rows=self.rows)
+
+
+def row_keys(positions: np.ndarray, seed: int) -> np.ndarray:
+    """A distinct, uniform uint64 per position (splitmix64 of seed and position: a bijection)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2^64, as intended
+        x = positions.astype(np.uint64) + np.uint64(seed % 2**64) * golden + golden
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _column(schema: DataSchema, name: str):
@@ -228,9 +330,17 @@ class Encoder:
             tasks=tuple(TaskSpec(label.name, label.weight) for label in schema.labels),
         )
 
-    def encode(self, columns: dict[str, pa.Array], labels: np.ndarray | None = None, weights: np.ndarray | None = None) -> Batch:
+    def encode(self, columns: dict[str, pa.Array], labels: np.ndarray | None = None, weights: np.ndarray | None = None) -> "Batch":
         """Raw columns (as read) → model inputs (``labels [n, T]`` and ``weights [n]`` attached
         if given); unknown values get the OOV id."""
+        from mldcn.batch import Batch  # noqa: PLC0415  (see TYPE_CHECKING above)
+
+        arrays = self.encode_arrays(columns)
+        return Batch.from_numpy(arrays["categorical"], arrays["numeric"], arrays["sequence"], labels, weights)
+
+    def encode_arrays(self, columns: dict[str, pa.Array]) -> dict[str, np.ndarray | None]:
+        """:meth:`encode` as numpy arrays: ``categorical`` int32 ``[n, Fc]``, ``numeric``
+        float32 ``[n, Fn]``, ``sequence`` int32 ``[n, Fs, L]`` (None without multi-valued fields)."""
         schema = self.schema
         n = len(next(iter(columns.values())))
         categorical = np.zeros((n, len(schema.categorical)), dtype=np.int32)
@@ -267,7 +377,7 @@ class Encoder:
                 position = np.arange(parent.size) - starts[parent]
                 keep = position < col.max_len
                 sequence[parent[keep], j, position[keep]] = ids[keep]
-        return Batch.from_numpy(categorical, numeric, sequence, labels, weights)
+        return {"categorical": categorical, "numeric": numeric, "sequence": sequence}
 
     # ------------------------------------------------------------------ persistence
 

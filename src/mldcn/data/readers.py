@@ -17,10 +17,21 @@ Parsing and validation are vectorised (Arrow C++ kernels); memory is bounded by
 the chunk size, so a file larger than memory streams. CSV text is read as bytes
 and checked for UTF-8 here, so that bad text is a bad row with its line rather
 than an error inside Arrow's parser.
+
+Parallel preparation reads a file in parts (:class:`FilePart`): a byte range of
+whole lines of an uncompressed CSV/TSV/libfm file, or a run of Parquet row
+groups. :func:`plan_parts` cuts a file (at line ends, a function of the file
+alone), :func:`count_line_ends` gives each range's first line number, and
+``read_chunks(..., part=...)`` reads one part with the same checks, the same
+line numbers and the same messages as a read of the whole file. A line ends at
+``\n``, ``\r\n`` or a lone ``\r`` (as Arrow's parser reads it); like the reader
+of a whole file, a part assumes values do not contain line breaks.
 """
 
 from __future__ import annotations
 
+import bisect
+import io
 import re
 import threading
 import weakref
@@ -41,6 +52,7 @@ OnBadRows = Literal["error", "skip"]
 CHUNK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 262_144
 MAX_BAD_ROW_EXAMPLES = 20
+_SCAN_BYTES = 1 << 20  # block size of the scans for line ends
 
 # what Arrow's string -> float cast reads, with surrounding blanks: decimals, nan, inf, infinity
 _NUMBER = r"(?i)^\s*[-+]?((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|nan|inf|infinity)\s*$"
@@ -59,7 +71,13 @@ class BadRow:
 
 @dataclass
 class ReadStats:
-    """Row accounting of one input file: ``rows_read == rows_kept + rows_skipped``."""
+    """Row accounting of one input file (or part): ``rows_read == rows_kept + rows_skipped``.
+
+    ``examples`` are the skipped rows with the smallest line numbers (at most
+    ``MAX_BAD_ROW_EXAMPLES``, in line order): a function of the rows, not of the
+    order in which chunks or parts were read, so the stats of a file's parts
+    :meth:`merge` into exactly the stats of one read of the whole file.
+    """
 
     path: str
     rows_read: int = 0
@@ -69,8 +87,21 @@ class ReadStats:
 
     def skip(self, line: int, reason: str) -> None:
         self.rows_skipped += 1
-        if len(self.examples) < MAX_BAD_ROW_EXAMPLES:
-            self.examples.append(BadRow(int(line), reason))
+        self._note(BadRow(int(line), reason))
+
+    def _note(self, bad: BadRow) -> None:
+        if len(self.examples) == MAX_BAD_ROW_EXAMPLES and bad.line >= self.examples[-1].line:
+            return
+        bisect.insort(self.examples, bad, key=lambda b: b.line)
+        del self.examples[MAX_BAD_ROW_EXAMPLES:]
+
+    def merge(self, other: "ReadStats") -> None:
+        """Add the counts and examples of ``other`` (another part of the same file)."""
+        self.rows_read += other.rows_read
+        self.rows_kept += other.rows_kept
+        self.rows_skipped += other.rows_skipped
+        for bad in other.examples:
+            self._note(bad)
 
     def to_dict(self) -> dict:
         return {
@@ -80,6 +111,21 @@ class ReadStats:
             "rows_skipped": self.rows_skipped,
             "skipped_examples": [{"line": b.line, "reason": b.reason} for b in self.examples],
         }
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A part of one input file that is read on its own (a unit of parallel preparation).
+
+    CSV/TSV/libfm: the bytes ``[start, stop)``, whole lines, the first of which is
+    line ``first_line`` of the file (the header, if any, is never in a part: its
+    column names are read from the file's first line). Parquet: the row groups
+    ``[start, stop)``, whose first row is row ``first_line`` (from 1).
+    """
+
+    start: int
+    stop: int
+    first_line: int
 
 
 @dataclass
@@ -103,12 +149,15 @@ def read_chunks(
     chunk_bytes: int = CHUNK_BYTES,
     extra_columns: list[str] | tuple[str, ...] = (),
     require_label: bool = True,
+    part: FilePart | None = None,
 ) -> Iterator[RawChunk]:
     """Validated chunks of ``path`` under ``schema``; ``stats`` accumulates the row counts.
 
     ``extra_columns`` are read too (e.g. the time column of a time split). With
     ``require_label=False`` (rows to predict) the label column is neither read nor
-    checked and may be absent; the chunks' ``label`` is then NaN.
+    checked and may be absent; the chunks' ``label`` is then NaN. With ``part``
+    only that part of the file is read (see :func:`plan_parts`), with the file's
+    line numbers.
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats(str(path))
@@ -117,9 +166,9 @@ def read_chunks(
     columns = schema.raw_columns() if require_label else _feature_columns(schema)
     needed = columns + [c for c in extra_columns if c not in columns]
     if schema.format == "parquet":
-        batches = _parquet_batches(path, needed)
+        batches = _parquet_batches(path, needed, part)
     else:
-        batches = _csv_batches(path, schema, needed, stats, chunk_bytes, on_bad_rows)
+        batches = _csv_batches(path, schema, needed, stats, chunk_bytes, on_bad_rows, part)
     rows_before = stats.rows_read
     try:
         for columns, lines in batches:
@@ -146,8 +195,9 @@ def _feature_columns(schema: DataSchema) -> list[str]:
 class _RejectedRows:
     """The CSV parser's ``invalid_row_handler``: notes each row it rejects (line → reason), skips it."""
 
-    def __init__(self, path: Path, delimiter: str, names: list[str] | None) -> None:
+    def __init__(self, path: Path, delimiter: str, names: list[str] | None, line_offset: int = 0) -> None:
         self.path, self.delimiter, self.names = path, delimiter, names
+        self.line_offset = line_offset  # the file line of the stream's row n is n + line_offset
         self.lines: dict[int, str] = {}  # rows rejected that no batch claimed yet
 
     def __call__(self, row: pcsv.InvalidRow) -> str:
@@ -157,7 +207,7 @@ class _RejectedRows:
             self.names = self.names or _header_names(self.path, self.delimiter)
             if row.actual_columns < len(self.names):
                 reason += f" (no value for field {self.names[row.actual_columns]!r})"
-        self.lines[row.number] = reason
+        self.lines[row.number + self.line_offset] = reason
         return "skip"
 
 
@@ -168,8 +218,13 @@ def _csv_batches(
     stats: ReadStats,
     chunk_bytes: int,
     on_bad_rows: OnBadRows = "error",
+    part: FilePart | None = None,
 ) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
     """CSV/TSV/libfm record batches as binary columns, with line numbers; bad rows go to stats.
+
+    With ``part``, the part's bytes are parsed as a file without header (the
+    column names are those of the file's header line) whose line 1 is the part's
+    ``first_line``.
 
     Values are read as bytes (``_validate`` checks that they are UTF-8) and only an
     empty field is null: Arrow's own null spellings (``NA``, ``NULL``, ``nan``, ...)
@@ -190,7 +245,12 @@ def _csv_batches(
     else:
         names = list(schema.column_names) if not schema.header else None
         header, delimiter = schema.header, schema.delimiter
-    handler = _RejectedRows(path, delimiter, names)
+    line_offset = 0
+    if part is not None:
+        if header:
+            names = _header_columns(path, delimiter)
+        header, line_offset = False, part.first_line - 1
+    handler = _RejectedRows(path, delimiter, names, line_offset)
     rejected = handler.lines
     released = threading.Event()
     weakref.finalize(handler, released.set).atexit = False
@@ -211,8 +271,12 @@ def _csv_batches(
     reader = None
     try:
         try:
+            if part is None:
+                source = pa.input_stream(str(path), compression="detect")
+            else:
+                source = pa.PythonFile(_ByteRange(path, part.start, part.stop), mode="r")
             reader = pcsv.open_csv(
-                pa.input_stream(str(path), compression="detect"),
+                source,
                 read_options=pcsv.ReadOptions(
                     use_threads=False,
                     block_size=chunk_bytes,
@@ -231,16 +295,16 @@ def _csv_batches(
                 ),
             )
         except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as error:
-            raise _reader_error(path, error, needed) from None
+            raise _reader_error(path, error, needed, line_offset=line_offset) from None
 
-        next_line = 2 if header else 1
+        next_line = 2 if header else 1 + line_offset
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
             except (pa.ArrowInvalid, OSError) as error:
-                raise _reader_error(path, error, needed, after_line=next_line - 1) from None
+                raise _reader_error(path, error, needed, after_line=next_line - 1, line_offset=line_offset) from None
             n = batch.num_rows
             if n == 0:
                 continue
@@ -262,7 +326,7 @@ def _csv_batches(
         if claimed and on_bad_rows == "error":
             raise fail(*claimed[0])
     finally:
-        reader = handler = None
+        reader = handler = source = None
         released.wait(_RELEASE_SECONDS)
 
 
@@ -277,7 +341,167 @@ def _header_names(path: Path, delimiter: str) -> list[str]:
     return [name.strip('"') for name in first.split(delimiter)]
 
 
-def _parquet_batches(path: Path, needed: list[str]) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
+# ---------------------------------------------------------------------------- parts of a file
+
+
+def plan_parts(path: str | Path, schema: DataSchema, part_bytes: int) -> list[tuple[int, int]] | None:
+    """Where to cut ``path`` into parts of about ``part_bytes`` each; None: read it whole.
+
+    CSV/TSV/libfm: byte ranges ``(start, stop)`` of whole lines, cut after the
+    first ``\n`` at or past each multiple of ``part_bytes`` (after the header
+    line, if any); a compressed file cannot be cut. Parquet: runs of row groups
+    ``(first, stop)`` of about ``part_bytes`` uncompressed. A function of the
+    file's bytes and ``part_bytes`` only. The first line of each range comes
+    from :func:`count_line_ends` (Parquet: the row counts in the file's footer,
+    see :func:`parquet_part_rows`).
+    """
+    path = Path(path)
+    if schema.format == "parquet":
+        try:
+            metadata = pq.ParquetFile(str(path)).metadata
+        except (pa.ArrowInvalid, OSError):
+            return None  # read whole: the reader says what is wrong with it
+        ranges, first, size = [], 0, 0
+        for group in range(metadata.num_row_groups):
+            size += metadata.row_group(group).total_byte_size
+            if size >= part_bytes:
+                ranges.append((first, group + 1))
+                first, size = group + 1, 0
+        if first < metadata.num_row_groups:
+            ranges.append((first, metadata.num_row_groups))
+        return ranges if len(ranges) > 1 else None
+    if _compressed(path):
+        return None
+    size = path.stat().st_size
+    start = _body_start(path) if schema.header and schema.format == "csv" else 0
+    ranges = []
+    with open(path, "rb") as file:
+        while size - start > part_bytes:
+            cut = _next_line_start(file, start + part_bytes, size)
+            if cut >= size:
+                break
+            ranges.append((start, cut))
+            start = cut
+    ranges.append((start, size))
+    return ranges if len(ranges) > 1 else None
+
+
+def parquet_part_rows(path: str | Path, first: int, stop: int) -> int:
+    """The number of rows in row groups ``[first, stop)`` of a Parquet file."""
+    metadata = pq.ParquetFile(str(path)).metadata
+    return sum(metadata.row_group(g).num_rows for g in range(first, stop))
+
+
+def count_line_ends(path: str | Path, start: int, stop: int) -> tuple[int, bool]:
+    """(line ends in bytes ``[start, stop)``, whether the range ends with one).
+
+    A line ends at ``\n``, at ``\r\n`` (one end) or at a lone ``\r``, as Arrow's
+    CSV parser reads lines. Reads blocks of ``_SCAN_BYTES``: memory stays flat.
+    """
+    ends, previous = 0, b""
+    with open(path, "rb") as file:
+        file.seek(start)
+        left = stop - start
+        while left > 0:
+            block = file.read(min(_SCAN_BYTES, left))
+            if not block:
+                break
+            left -= len(block)
+            ends += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+            if previous == b"\r" and block[:1] == b"\n":
+                ends -= 1  # a \r\n split across two blocks is one line end
+            previous = block[-1:]
+    return ends, previous in (b"\n", b"\r")
+
+
+def _compressed(path: Path) -> bool:
+    """Whether Arrow's ``compression="detect"`` decompresses ``path`` (by its extension)."""
+    try:
+        pa.Codec.detect(str(path))
+    except (TypeError, ValueError, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _body_start(path: Path) -> int:
+    """The offset just after the first line (the header) of a text file."""
+    offset = 0
+    with open(path, "rb") as file:
+        while True:
+            block = file.read(_SCAN_BYTES)
+            if not block:
+                return offset
+            ends = [i for i in (block.find(b"\n"), block.find(b"\r")) if i >= 0]
+            if ends:
+                end = min(ends)
+                if block[end : end + 2] == b"\r\n":
+                    return offset + end + 2
+                if block[end:end + 1] == b"\r" and end + 1 == len(block):  # is a \n next, in the next block?
+                    file.seek(offset + end + 1)
+                    return offset + end + 1 + (file.read(1) == b"\n")
+                return offset + end + 1
+            offset += len(block)
+
+
+def _next_line_start(file, position: int, size: int) -> int:
+    """The offset just after the first ``\n`` at or after ``position`` (``size`` if none)."""
+    file.seek(position)
+    while position < size:
+        block = file.read(_SCAN_BYTES)
+        if not block:
+            break
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(block)
+    return size
+
+
+def _header_columns(path: Path, delimiter: str) -> list[str]:
+    """The column names on a CSV file's header line, as Arrow's reader of the whole file reads them."""
+    with open(path, "rb") as file:
+        first = file.read(_body_start(path))
+    try:
+        return pcsv.read_csv(
+            pa.BufferReader(first),
+            read_options=pcsv.ReadOptions(use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter),
+        ).column_names
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{path}: cannot read the header line ({error})") from None
+
+
+class _ByteRange(io.RawIOBase):
+    """The bytes ``[start, stop)`` of a file as a stream (what the CSV reader of a part parses)."""
+
+    def __init__(self, path: Path, start: int, stop: int) -> None:
+        self.file = open(path, "rb")  # noqa: SIM115  (closed by close())
+        self.file.seek(start)
+        self.position, self.left = 0, stop - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        if n <= 0:
+            return 0
+        got = self.file.readinto(memoryview(buffer)[:n])
+        self.left -= got
+        self.position += got
+        return got
+
+    def tell(self) -> int:
+        return self.position
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def _parquet_batches(
+    path: Path, needed: list[str], part: FilePart | None = None
+) -> Iterator[tuple[dict[str, pa.Array], np.ndarray]]:
     try:
         file = pq.ParquetFile(str(path))
     except (pa.ArrowInvalid, OSError) as error:
@@ -286,8 +510,9 @@ def _parquet_batches(path: Path, needed: list[str]) -> Iterator[tuple[dict[str, 
         missing = [c for c in needed if c not in file.schema_arrow.names]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; the file has {file.schema_arrow.names}")
-        row = 1
-        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=needed):
+        row = 1 if part is None else part.first_line
+        groups = None if part is None else list(range(part.start, part.stop))
+        for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups, columns=needed):
             lines = np.arange(row, row + batch.num_rows, dtype=np.int64)
             row += batch.num_rows
             yield {name: batch.column(name) for name in needed}, lines
@@ -295,12 +520,15 @@ def _parquet_batches(path: Path, needed: list[str]) -> Iterator[tuple[dict[str, 
         file.close()
 
 
-def _reader_error(path: Path, error: Exception, needed: list[str], after_line: int | None = None) -> DataError:
-    """The DataError for an error inside Arrow's CSV reader."""
+def _reader_error(
+    path: Path, error: Exception, needed: list[str], after_line: int | None = None, line_offset: int = 0
+) -> DataError:
+    """The DataError for an error inside Arrow's CSV reader (whose row n is file line n + ``line_offset``)."""
     text = str(error)
     unhandled = re.search(r"Row #(\d+): Expected (\d+) columns, got (\d+)", text)
     if unhandled:  # the row handler never saw this row: pyarrow could not decode its text to pass it on
-        line, expected, found = unhandled.groups()
+        row, expected, found = unhandled.groups()
+        line = int(row) + line_offset
         return DataError(
             f"{path}:{line}: expected {expected} columns, found {found}, in text that is not UTF-8: "
             "the CSV reader stops at such a row even with --on-bad-rows skip; correct it in the file"

@@ -33,7 +33,9 @@ structure and each has a part of its own; every task's ceiling is reported.
 
 This log plants instance-gated interactions, the structure ML-DCN's mask and
 MaskNet model, so it favours those families by construction: it is the
-embedded default and the tests' data, not a neutral benchmark.
+embedded default and the tests' data, not a neutral benchmark. For scaling
+studies use the industrial-shape log of :mod:`mldcn.data.industrial`
+(``mldcn synth``), whose teacher is shaped like no one family.
 
 Categorical ids follow a Zipf law per field. Rows are generated in fixed chunks
 with a generator seeded by (seed, chunk), so any row range is reproducible

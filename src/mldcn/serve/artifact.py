@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mldcn.config import ConfigError
-from mldcn.data.encode import Encoder
+from mldcn.data.encode import Encoder, read_feature_map
 from mldcn.features import FeatureSpec
 from mldcn.files import atomic_path
 from mldcn.models.config import ModelConfig, model_config_from_dict
@@ -138,10 +138,13 @@ def _write_artifact(tmp: Path, model: RankingModel, encoder: Encoder | None, fea
 
 def save_run_artifact(result, directory: str | Path | None = None) -> Path:
     """The artifact of a finished run (:class:`mldcn.train.run.RunResult`): its model, tasks,
-    test metrics and, for prepared data, the fitted preprocessing; ``mldcn train`` writes it
-    to ``RUN/model`` (the default ``directory``). A synthetic-data model takes encoded ids."""
+    test metrics and, for data prepared from a raw log, the fitted preprocessing; ``mldcn train``
+    writes it to ``RUN/model`` (the default ``directory``). A model of generated data (the
+    synthetic and industrial logs, in memory or written by ``mldcn synth``) takes encoded ids."""
     config = result.config
-    encoder = Encoder.load(config.data.path) if config.data.source == "prepared" else None
+    encoder = None
+    if config.data.source == "prepared" and "vocabularies" in read_feature_map(config.data.path):
+        encoder = Encoder.load(config.data.path)
     directory = Path(directory) if directory is not None else Path(result.run_dir) / "model"
     return save_artifact(directory, result.model, encoder, extra={"test": result.test, "data": result.data})
 

@@ -294,7 +294,7 @@ def predict_prepared(
     tasks = artifact.features.task_names
     if not features.same_inputs(artifact.features) or not set(tasks) <= set(features.task_names):
         raise ArtifactError(f"{directory}: its features differ from the model's in {artifact.path}")
-    data = load_split(directory, split, mmap=True)
+    data = load_split(directory, split, "stream")
     columns = [features.task_names.index(t) for t in tasks]
     backend = backend or TorchBackend(artifact.model)
     report = PredictReport(f"{directory}:{split}", str(output), backend=backend.name)

@@ -71,7 +71,7 @@ def run_study(
     """Run every spec not finished yet (by this or another worker); return all results by key."""
     out_dir = Path(out_dir)
     (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "predictions" / "labels.npy", dataset.test.labels.numpy())  # [N, T], for DeLong's test
+    np.save(out_dir / "predictions" / "labels.npy", dataset.test.rows(0, len(dataset.test)).labels.numpy())  # [N, T], for DeLong's test
     specs = list(specs)
     results = load_results(out_dir)
     todo = sum(s.key not in results for s in specs)

@@ -72,7 +72,9 @@ class ScaleConfig(Config):
         train: the shared training recipe (``lr``/``embedding_l2`` come from ``grid``).
         grid: the tuning grid.
         latency_batches: batch sizes of the forward-latency measurement.
-        data: the data set.
+        data: the data set; default: the industrial-shape log with its neutral
+            teacher (:mod:`mldcn.data.industrial`), not the embedded synthetic log,
+            whose planted instance-gated interactions favour ML-DCN and MaskNet.
     """
 
     budgets: tuple[float, ...] = (50_000, 150_000, 500_000, 1_500_000)
@@ -85,7 +87,7 @@ class ScaleConfig(Config):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=2048, patience=1, progress=False))
     grid: TuningGrid = field(default_factory=TuningGrid)
     latency_batches: tuple[int, ...] = (1, 512)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="industrial"))
 
     _positive = ("budgets", "embedding_dim", "latency_batches")
 

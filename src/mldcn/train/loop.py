@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mldcn.batch import Batch
 from mldcn.config import Config, ConfigError
+from mldcn.data.dataset import Split
 from mldcn.features import FeatureSpec
 from mldcn.metrics import binary_metrics, group_auc
 from mldcn.models.ranking import RankingModel
@@ -76,8 +77,8 @@ class TrainConfig(Config):
         min_lr: floor of the decayed learning rate.
         seed: seeds shuffling, dropout and (in the CLI) the initial weights.
         compile: train through ``torch.compile`` (the first epoch pays the compilation).
-        embedding_sharding: ``none``; ``table`` or ``column``: shard the embedding
-            tables across the processes with TorchRec (an optional extra; see
+        embedding_sharding: ``none``; ``table``, ``column`` or (GPUs only) ``row``:
+            shard the embedding tables across the processes with TorchRec (an optional extra; see
             :mod:`mldcn.train.sharding`); the tables then use a fused optimiser
             (``embedding_optimizer``: adagrad by default, rowwise_adagrad, or adam).
         threads: torch intra-op threads (None = torch's default).
@@ -114,7 +115,7 @@ class TrainConfig(Config):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
-    embedding_sharding: Literal["none", "table", "column"] = "none"
+    embedding_sharding: Literal["none", "table", "column", "row"] = "none"
     progress: bool = True
 
     _positive = ("epochs", "batch_size", "eval_batch_size", "lr", "patience", "embedding_lr", "threads", "max_minutes")
@@ -168,7 +169,7 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, split: Batch, batch_size: int = 65536, precision: str = "fp32") -> torch.Tensor:
+def predict_logits(model: nn.Module, split: Split, batch_size: int = 65536, precision: str = "fp32") -> torch.Tensor:
     """Logits ``[N, T]`` for every row of ``split``, as one fp32 CPU tensor (a pure forward pass)."""
     was_training = model.training
     model.eval()
@@ -179,7 +180,7 @@ def predict_logits(model: nn.Module, split: Batch, batch_size: int = 65536, prec
     return torch.cat(outputs) if outputs else torch.empty(0, 0)
 
 
-def predict(model: nn.Module, split: Batch, batch_size: int = 65536, precision: str = "fp32") -> np.ndarray:
+def predict(model: nn.Module, split: Split, batch_size: int = 65536, precision: str = "fp32") -> np.ndarray:
     """Probabilities ``[N, T]``: one column per task."""
     return torch.sigmoid(predict_logits(model, split, batch_size, precision)).numpy()
 
@@ -192,10 +193,12 @@ def _group_column(features: FeatureSpec, group_field: str) -> int:
     return names.index(group_field)
 
 
-def task_metrics(features: FeatureSpec, split: Batch, probabilities: np.ndarray, group_field: str | None = None) -> dict:
+def task_metrics(features: FeatureSpec, split: Split, probabilities: np.ndarray, group_field: str | None = None) -> dict:
     """``{task: {auc, logloss, ne, calibration[, gauc]}}`` of ``probabilities [N, T]`` on ``split``."""
-    labels = split.labels.numpy()
-    groups = None if group_field is None else split.categorical[:, _group_column(features, group_field)].numpy()
+    column = None if group_field is None else _group_column(features, group_field)
+    parts = [(b.labels, None if column is None else b.categorical[:, column]) for b in split.batches(1 << 18)]
+    labels = torch.cat([p[0] for p in parts]).numpy() if parts else np.zeros((0, split.num_tasks), np.float32)
+    groups = None if column is None else torch.cat([p[1] for p in parts]).numpy()
     metrics = {}
     for t, task in enumerate(features.task_names):
         metrics[task] = binary_metrics(labels[:, t], probabilities[:, t])
@@ -205,7 +208,7 @@ def task_metrics(features: FeatureSpec, split: Batch, probabilities: np.ndarray,
 
 
 def evaluate(
-    model: RankingModel, split: Batch, batch_size: int = 65536, precision: str = "fp32", group_field: str | None = None
+    model: RankingModel, split: Split, batch_size: int = 65536, precision: str = "fp32", group_field: str | None = None
 ) -> dict[str, dict[str, float]]:
     """Every task's AUC, logloss, normalised entropy and calibration (and gAUC over ``group_field``) on ``split``."""
     return task_metrics(model.embedding.features, split, predict(model, split, batch_size, precision), group_field)
@@ -219,7 +222,7 @@ def monitored_score(metrics: dict[str, dict[str, float]], config: TrainConfig) -
     return float(np.mean([m[config.monitor] for m in metrics.values()]))
 
 
-def _score_shard(net: nn.Module, split: Batch, config: TrainConfig, device: torch.device, ctx: DistContext) -> np.ndarray:
+def _score_shard(net: nn.Module, split: Split, config: TrainConfig, device: torch.device, ctx: DistContext) -> np.ndarray:
     """Probabilities ``[N, T]`` for all of ``split``: each rank scores its rows, then they are gathered."""
     was_training = net.training
     net.eval()
@@ -247,10 +250,10 @@ def task_loss(logits: torch.Tensor, batch: Batch, task_weights: torch.Tensor) ->
 
 
 def _train_epoch(
-    epoch: int, optimisation: Optimisation, train: Batch, config: TrainConfig, device, ctx, shuffle, task_weights, show_bar
+    epoch: int, optimisation: Optimisation, train: Split, config: TrainConfig, device, ctx, shuffle, task_weights, show_bar
 ) -> float:
     """One pass over ``train``; the mean training loss per row."""
-    n = len(train)
+    n = train.rows_per_epoch(ctx.world_size)  # a streamed split pads its ranks' shards to one size
     net = optimisation.net
     net.train()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, rows (this rank)
@@ -287,8 +290,8 @@ def _check_against(features: FeatureSpec, config: TrainConfig) -> None:
 
 def fit(
     model: RankingModel,
-    train: Batch,
-    valid: Batch,
+    train: Split,
+    valid: Split,
     config: TrainConfig,
     run_dir: str | Path | None = None,
     resume: bool = False,
@@ -297,8 +300,10 @@ def fit(
 
     If ``run_dir`` is given, each epoch's metrics are appended to
     ``run_dir/metrics.jsonl``, the best weights saved to ``run_dir/best.pt`` and
-    the whole training state to ``run_dir/last.pt`` after every epoch; with
-    ``resume=True`` a run continues from ``last.pt`` on the same curve.
+    the whole training state to ``run_dir/last.pt`` after every epoch (sharded
+    tables: the state, best weights included, to ``run_dir/last.dcp/`` with
+    ``torch.distributed.checkpoint``, :mod:`~mldcn.train.checkpoint`); with
+    ``resume=True`` a run continues from it on the same curve.
 
     Under ``torchrun`` (a process group is initialised) each rank trains on its
     shard of every global batch of ``config.batch_size`` rows through
@@ -321,13 +326,13 @@ def fit(
     writes = run_dir is not None and ctx.is_main
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-    # sharded tables live in TorchRec's sharded tensors on several ranks: no single-file checkpoint
-    checkpoints = run_dir is not None and config.embedding_sharding == "none"
+    checkpoints = run_dir is not None
+    sharding = config.embedding_sharding  # sharded tables: every rank writes its shards (last.dcp/)
 
     state = TrainingState.fresh(model, maximise=config.monitor != "logloss")
-    restored = resume and run_dir is not None and (run_dir / checkpoint.LAST).exists()
+    restored = resume and run_dir is not None and checkpoint.found(run_dir)
     if restored:
-        checkpoint.restore(run_dir, device, model, optimisation, shuffle, state, ctx)
+        checkpoint.restore(run_dir, device, model, optimisation, shuffle, state, ctx, sharding)
         if state.result.finished:
             model.load_state_dict(state.best_state)
             return state.result
@@ -366,10 +371,10 @@ def fit(
         log.epoch(record)
         if config.max_minutes is not None and time.perf_counter() - fit_start > 60 * config.max_minutes:
             result.stopped_by_time = not result.stopped_early
-        if writes and checkpoints and improved:
+        if writes and checkpoints and improved and sharding == "none":  # sharded: the best weights are in last.dcp
             checkpoint.save_best(run_dir, state)
         if checkpoints:
-            checkpoint.save_last(run_dir, model, optimisation, shuffle, state, ctx)
+            checkpoint.save_last(run_dir, model, optimisation, shuffle, state, ctx, sharding)
         if result.finished:
             break
     model.load_state_dict(state.best_state)

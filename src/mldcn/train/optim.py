@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import distributed as dist
 from torch import nn
 
 from mldcn.config import ConfigError
@@ -38,20 +39,30 @@ class Optimisation:
     optimizers: list[torch.optim.Optimizer]
     clip_params: list[nn.Parameter]
     tables: list[nn.Parameter] = field(default_factory=list)
+    #: tables with sparse gradients under DDP, which reduces dense gradients only: averaged here
+    reduce_sparse: list[nn.Parameter] = field(default_factory=list)
+    world_size: int = 1
+    #: TorchRec's fused optimiser of sharded tables: it updates in the backward pass; its
+    #: ``step`` only passes on its learning rate, which the plateau schedule decays too
+    fused: list = field(default_factory=list)
 
     def zero_grad(self) -> None:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
 
     def step(self, clip_norm: float | None) -> None:
+        for table in self.reduce_sparse:  # the mean over ranks, as DDP's all-reduce gives the dense weights
+            gradient = table.grad.coalesce()
+            dist.all_reduce(gradient)
+            table.grad = (gradient / self.world_size).coalesce()  # the ranks' rows, each once
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(self.clip_params, clip_norm)
-        for optimizer in self.optimizers:
+        for optimizer in self.optimizers + self.fused:
             optimizer.step()
 
     def decay(self, factor: float, floor: float) -> None:
         """Multiply every learning rate by ``factor``, not below ``floor`` (the plateau schedule)."""
-        for optimizer in self.optimizers:
+        for optimizer in self.optimizers + self.fused:
             for group in optimizer.param_groups:
                 group["lr"] = max(group["lr"] * factor, floor)
 
@@ -91,7 +102,7 @@ def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]
 
 
 def _sharded(model: RankingModel, config, device: torch.device, ctx: DistContext) -> Optimisation:
-    from mldcn.train.sharding import dense_parameters, shard_model  # noqa: PLC0415  (optional extra)
+    from mldcn.train.sharding import dense_parameters, fused_optimizer, shard_model  # noqa: PLC0415  (optional extra)
 
     fused = {"same": "adagrad", "adagrad": "adagrad", "rowwise_adagrad": "rowwise_adagrad"}.get(config.embedding_optimizer, "adam")
     if fused == "adam" and device.type == "cpu":
@@ -99,7 +110,7 @@ def _sharded(model: RankingModel, config, device: torch.device, ctx: DistContext
     net = shard_model(model, config.embedding_sharding, ctx.world_size, fused, config.embedding_lr or 0.01, device)
     dense = dense_parameters(net)
     optimizer = _dense_class(config)(dense, lr=config.lr, weight_decay=config.weight_decay)
-    return Optimisation(net, [optimizer], dense)
+    return Optimisation(net, [optimizer], dense, fused=[fused_optimizer(net)])
 
 
 def set_up(model: RankingModel, config, device: torch.device, ctx: DistContext) -> Optimisation:
@@ -112,9 +123,19 @@ def set_up(model: RankingModel, config, device: torch.device, ctx: DistContext) 
         sparse_tables = model.embedding.tables() if model.embedding.sparse else []
         clip = [p for p in model.parameters() if not any(p is t for t in sparse_tables)]
         net: nn.Module = model
+        reduce_sparse = []
         if ctx.distributed:
+            if sparse_tables:
+                if dist.get_backend() != "gloo":
+                    raise ConfigError(
+                        f"the sparse embedding_optimizer {config.embedding_optimizer!r} on several processes needs the "
+                        "gloo backend (CPU): shard the tables (embedding_sharding) or use a dense embedding optimiser"
+                    )
+                names = [name for name, p in model.named_parameters() if any(p is t for t in sparse_tables)]
+                nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+                reduce_sparse = sparse_tables
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        optimisation = Optimisation(net, optimizers, clip, model.embedding.tables())
+        optimisation = Optimisation(net, optimizers, clip, model.embedding.tables(), reduce_sparse, ctx.world_size)
     if config.compile:
         optimisation.net = torch.compile(optimisation.net)
     return optimisation

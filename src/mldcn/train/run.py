@@ -102,13 +102,12 @@ def run(
 
     Under ``torchrun`` the process group is joined here and every rank trains
     its shard (:func:`mldcn.train.loop.fit`); rank 0 writes the files. With
-    ``resume`` training continues from ``run_dir/last.pt``, after checking that
+    ``resume`` training continues from ``run_dir/last.pt`` (sharded tables:
+    ``last.dcp/``, on as many processes as wrote it), after checking that
     the directory was made from the same config and data (:mod:`mldcn.train.rundir`).
     The run directory is locked while the run writes it.
     """
     sharded = config.train.embedding_sharding != "none"
-    if sharded and resume:
-        raise ConfigError("--resume is not supported with sharded embedding tables yet: start the run afresh")
     ctx = distributed.init(resolve_device(config.train.device), group_of_one=sharded)
     dataset = dataset if dataset is not None else load_data(config.data)
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -119,7 +118,7 @@ def run(
             try:
                 stack.enter_context(rundir.locked(run_dir))
                 if resume:
-                    rundir.check_resume(run_dir, config.to_dict(), dataset)
+                    rundir.check_resume(run_dir, config.to_dict(), dataset, ctx.world_size)
             except rundir.RunDirError as refused:
                 error = refused
         if not distributed.agree(error is None, ctx):

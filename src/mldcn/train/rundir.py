@@ -6,7 +6,9 @@ of every split). ``--resume`` compares the new run with
 the record and refuses a mismatch, naming the keys that differ, so a run
 directory never pairs the weights of one run with the data or model of another.
 A few keys may change on resume because they change how long or how visibly a
-run trains, not what it trains on (:data:`RESUMABLE_KEYS`).
+run trains, not what it trains on (:data:`RESUMABLE_KEYS`). A run whose tables
+are sharded resumes only with the sharding and the number of processes its
+checkpoint records (:func:`mldcn.train.checkpoint.resume_problem`).
 
 ``.lock`` keeps a second training out of a directory while one writes it: the
 writer holds an exclusive ``flock`` on it for the whole run and writes its
@@ -86,10 +88,19 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys]
 
 
-def check_resume(run_dir: Path, config: dict, dataset: Dataset) -> None:
-    """Refuse to resume ``run_dir`` with another config or other data; the message names what differs."""
-    if not (run_dir / "last.pt").exists():
-        raise RunDirError(f"{run_dir}: nothing to resume (no last.pt); run without --resume to start a new run there")
+def check_resume(run_dir: Path, config: dict, dataset: Dataset, world_size: int = 1) -> None:
+    """Refuse to resume ``run_dir`` with another config or other data, or a sharded run's
+    checkpoint with another sharding or number of processes (``world_size``); the message
+    names what differs."""
+    from mldcn.train import checkpoint  # noqa: PLC0415  (torch and the optimisers: only when resuming)
+
+    sharding = config.get("train", {}).get("embedding_sharding", "none")
+    try:
+        problem = checkpoint.resume_problem(run_dir, sharding, world_size)
+    except ConfigError as error:
+        raise RunDirError(str(error)) from None
+    if problem:
+        raise RunDirError(f"cannot resume: {problem}")
     record_file = run_dir / RECORD_FILE
     if not record_file.exists():
         raise RunDirError(

@@ -48,7 +48,7 @@ try:  # optional dependency
 except ImportError:  # pragma: no cover - depends on the environment
     HAVE_TORCHREC = False
 
-SHARDING_TYPES = {"table": "table_wise", "column": "column_wise"}
+SHARDING_TYPES = {"table": "table_wise", "column": "column_wise", "row": "row_wise"}
 
 
 def require_torchrec() -> None:
@@ -134,7 +134,8 @@ def shard_model(
     device: torch.device | None = None,
 ) -> nn.Module:
     """Replace ``model.embedding`` by TorchRec tables and wrap the model in
-    ``DistributedModelParallel`` with every table sharded ``table``- or ``column``-wise.
+    ``DistributedModelParallel`` with every table sharded ``table``-, ``column``- or
+    (on GPUs) ``row``-wise.
 
     Call on every rank after ``torch.distributed`` is initialised. Returns the
     wrapped module; ``model`` itself is changed in place.
@@ -143,6 +144,11 @@ def shard_model(
     if sharding not in SHARDING_TYPES:
         raise ConfigError(f"embedding sharding must be one of {sorted(SHARDING_TYPES)}, got {sharding!r}")
     device = device or torch.device("cpu")
+    if sharding == "row" and device.type != "cuda":
+        raise ConfigError(
+            "row-wise sharding needs GPUs (TorchRec's planner offers it for CUDA devices only): "
+            "use train.device=cuda, or table / column sharding on CPU"
+        )
     old = model.embedding
     model.embedding = ShardedFeatureEmbedding(old.features, old.dim, old.init_std)
     optimizer_cls = {
@@ -153,9 +159,10 @@ def shard_model(
     }
     if embedding_optimizer not in optimizer_cls:
         raise ConfigError(f"sharded tables support the fused optimisers {sorted(optimizer_cls)}, got {embedding_optimizer!r}")
-    apply_optimizer_in_backward(
-        optimizer_cls[embedding_optimizer], model.embedding.tables_collection.parameters(), {"lr": lr}
-    )
+    options = {"lr": lr}
+    if embedding_optimizer in ("adagrad", "rowwise_adagrad"):
+        options["eps"] = 1e-10  # the unsharded optimisers' eps (FBGEMM's default is 1e-8)
+    apply_optimizer_in_backward(optimizer_cls[embedding_optimizer], model.embedding.tables_collection.parameters(), options)
     # column-wise: cut every table into one slice of columns per rank (the planner
     # would otherwise keep small tables whole)
     min_partition = max(1, old.dim // world_size) if sharding == "column" else None
@@ -208,6 +215,46 @@ def gather_embedding(sharded: ShardedFeatureEmbedding) -> FeatureEmbedding:
         if plain.numeric_weight is not None:
             plain.numeric_weight.copy_(sharded.numeric_weight.detach().float().cpu())
     return plain
+
+
+def load_plain_embedding(sharded: ShardedFeatureEmbedding, plain: FeatureEmbedding) -> None:
+    """Copy a plain :class:`FeatureEmbedding`'s weights into ``sharded`` (the inverse of
+    :func:`gather_embedding`): every rank writes the rows and columns of its own shards.
+
+    ``plain`` must hold the same values on every rank (e.g. built from the same seed).
+    """
+    state = sharded.tables_collection.state_dict()
+    features = plain.features
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for table, fields, offsets in (
+            (plain.categorical_table, features.categorical, plain.categorical_offsets),
+            (plain.sequence_table, features.sequence, plain.sequence_offsets),
+        ):
+            for field, offset in zip(fields, offsets.tolist()):
+                full = table[offset : offset + field.vocab_size]  # [V, D]
+                tensor = state[f"embedding_bags.table_{field.name}.weight"]
+                if not isinstance(tensor, ShardedTensor):
+                    tensor.copy_(full)
+                    continue
+                for shard in tensor.local_shards():
+                    (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    shard.tensor.copy_(full[row : row + rows, col : col + cols])
+        if plain.numeric_weight is not None:
+            sharded.numeric_weight.copy_(plain.numeric_weight)
+    sharded.tables_collection.load_state_dict(state)
+
+
+def fused_optimizer(wrapped: nn.Module):
+    """TorchRec's optimiser of the sharded tables: a ``KeyedOptimizer`` whose state dict holds
+    the accumulators as sharded tensors, keyed by parameter name.
+
+    Its learning rate is not in that state dict (its param groups name each rank's own
+    tables, which ``torch.distributed.checkpoint`` cannot keep apart): it starts at the
+    config's ``embedding_lr``, is decayed on a plateau with the dense one
+    (:class:`~mldcn.train.optim.Optimisation`), and rank 0's ``trainer.pt`` keeps it.
+    """
+    return getattr(wrapped, "_orig_mod", wrapped).fused_optimizer  # _orig_mod: under torch.compile
 
 
 def dense_parameters(wrapped: nn.Module) -> list[nn.Parameter]:
