@@ -1,6 +1,6 @@
 """Streamed training on a log larger than the in-memory budget: peak memory and speed against in memory.
 
-    .venv/bin/python benchmarks/stream.py --dir /work/bench_tmp/stream [--rows 30000000] [--markdown]
+    .venv/bin/python benchmarks/stream.py --dir /work/bench_tmp/stream --rows 30000000 --ddp dcnv2_lowrank --markdown
 
 Writes two industrial-shape logs with the same generator and seed (``mldcn synth``'s
 :func:`~mldcn.data.industrial.write_industrial`, reused when already there): a big one
@@ -13,8 +13,8 @@ that run's alone:
   files are first evicted from the OS page cache (``posix_fadvise(DONTNEED)``), so
   the pass reads from the disk as it would for a log larger than memory (the
   machine's memory would otherwise cache a log of a few GB);
-- with ``--ddp``, the big log streamed on two processes (one thread each): each rank's
-  peak RSS.
+- with ``--ddp MODEL``, that model on the big log streamed on two processes (one
+  thread each): each rank's peak RSS.
 
 Training examples/s is the training pass alone (``fit``'s ``train_examples_per_second``,
 validation excluded). The ratio of streamed to in-memory rate is measured in one run of
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--valid-rows", type=int, default=200_000)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ddp", action="store_true", help="also two streamed processes on the big log")
+    parser.add_argument("--ddp", metavar="MODEL", help="also train MODEL on two streamed processes on the big log")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -149,14 +149,14 @@ def main() -> None:
         for record in (memory, streamed):
             print(json.dumps(record), flush=True)
         results.append({**streamed, "in_memory_rate": memory["examples_per_second"], "in_memory_rss": memory["peak_rss"]})
-        if args.ddp:
+        if args.ddp == model:
             evict(big)
             for record in run_child(big, model, "stream", 1, processes=2):
                 print(json.dumps(record), flush=True)
                 results.append({**record, "in_memory_rate": float("nan"), "in_memory_rss": float("nan")})
 
     if args.markdown:
-        print("| model | processes | train rows (streamed) | streamed ex/s | in-memory ex/s (1M rows) | ratio | peak RSS per process |")
+        print(f"| model | processes | train rows (streamed) | streamed ex/s | in-memory ex/s ({args.small_rows:,} rows) | ratio | peak RSS per process |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in results:
             ratio = r["examples_per_second"] / r["in_memory_rate"] if r["processes"] == 1 else float("nan")
