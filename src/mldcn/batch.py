@@ -119,15 +119,25 @@ class Batch:
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        if not shuffle:
+            yield from in_order(self, batch_size, drop_last, rank, world_size)
+            return
         n = len(self)
         step = batch_size * world_size
-        order = torch.randperm(n, generator=generator) if shuffle else None
+        order = torch.randperm(n, generator=generator)
         for start in range(0, n, step):
             if drop_last and start + step > n:
                 return
-            if order is not None:
-                yield self.take(order[start : start + step][rank::world_size])
-            elif world_size == 1:
-                yield self.rows(start, start + batch_size)
-            else:
-                yield self.take(torch.arange(start + rank, min(start + step, n), world_size))
+            yield self.take(order[start : start + step][rank::world_size])
+
+
+def in_order(split, batch_size: int, drop_last: bool = False, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    """Rank ``rank``'s in-order batches of any split with ``len`` and ``rows(start, stop)`` (an
+    in-memory :class:`Batch` or a streamed split): every ``world_size``-th row of each global
+    batch of ``batch_size * world_size`` rows (views when ``world_size`` is 1)."""
+    n, step = len(split), batch_size * world_size
+    for start in range(0, n, step):
+        if drop_last and start + step > n:
+            return
+        rows = split.rows(start, start + step)
+        yield rows if world_size == 1 else rows.take(torch.arange(rank, len(rows), world_size))

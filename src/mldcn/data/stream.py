@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mldcn.batch import Batch
+from mldcn.batch import Batch, in_order
 
 BLOCK_ROWS = 16_384
 BUFFER_ROWS = 1 << 20
@@ -202,13 +202,8 @@ class StreamedSplit:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if shuffle:
             yield from self._shuffled(batch_size, generator, drop_last, rank, world_size)
-            return
-        n, step = len(self), batch_size * world_size
-        for start in range(0, n, step):
-            if drop_last and start + step > n:
-                return
-            rows = self.rows(start, start + step)
-            yield rows if world_size == 1 else rows.take(torch.arange(rank, len(rows), world_size))
+        else:
+            yield from in_order(self, batch_size, drop_last, rank, world_size)
 
     def _shuffled(self, batch_size: int, generator, drop_last: bool, rank: int, world_size: int) -> Iterator[Batch]:
         if len(self) == 0:
