@@ -113,7 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if main_process:
             print(_interrupted(out), file=sys.stderr)
         return 130
-    if not distributed.context().is_main:
+    is_main = distributed.context().is_main
+    distributed.shutdown()  # every rank trained and tested: leave the group together
+    if not is_main:
         return 0
     from mldcn.serve.artifact import save_run_artifact
 

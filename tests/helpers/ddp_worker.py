@@ -43,3 +43,4 @@ def train(out: str | None = None, embedding_optimizer: str = "same"):
 
 if __name__ == "__main__":
     train(*sys.argv[1:])
+    distributed.shutdown()

@@ -43,3 +43,4 @@ def main(out: str, sharding: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    distributed.shutdown()

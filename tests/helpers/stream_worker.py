@@ -36,3 +36,4 @@ def main(prepared: str, out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    distributed.shutdown()

@@ -62,6 +62,21 @@ def init(device: torch.device, group_of_one: bool = False) -> DistContext:
     return context()
 
 
+def shutdown() -> None:
+    """Leave the process group: wait for every rank, then destroy the group.
+
+    Call it on every rank once training succeeded. A rank that exits while the
+    others still talk to it tears down gloo's communication threads under them
+    (an abort, "terminate called without an active exception", seen in CI);
+    after the barrier no rank is mid-collective. No-op without a group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def agree(ok: bool, ctx: DistContext) -> bool:
     """True on every rank if ``ok`` is true on every rank (one all-reduce; no-op in one process)."""
     if not ctx.distributed:
