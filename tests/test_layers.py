@@ -422,12 +422,12 @@ def test_parallel_masknet_shape_and_golden():
 
 def test_masked_lowrank_crossnet_golden_rank_site():
     net = MaskedLowRankCrossNet(in_dim=2, num_layers=1, rank=1, mask_site="rank", layer_norm="none")
-    _set(net.down[0].weight, [[1, 1]])  # V^T
+    # the mask reads x_l: its W1 is stacked under V^T in one [r + t, d] weight
+    _set(net.down[0].weight, [[1, 1], [1, 0]])  # [V^T ; W1], t = r = 1
     _set(net.up[0].weight, [[1], [2]])  # U
     _set(net.up[0].bias, [0, 0])
-    mask = net.masks[0]  # t = r = 1
-    _set(mask.hidden.weight, [[1, 0]])
-    _set(mask.hidden.bias, [0])
+    mask = net.masks[0]
+    _set(mask.hidden_bias, [0])  # c1
     _set(mask.output.weight, [[1]])
     _set(mask.output.bias, [0.5])  # m = relu(x0_1) + 0.5
     x0 = torch.tensor([[2.0, 1.0], [-1.0, 4.0]])

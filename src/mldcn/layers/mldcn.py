@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mldcn.layers.activation import (
     activation_preimage_of_one,
     init_linear,
     make_activation,
 )
-from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops
+from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops, activation_flops, linear_flops
 from mldcn.layers.mask import InstanceGuidedMask
 
 MASK_KINDS = ("instance", "static", "none")
@@ -42,6 +43,43 @@ class StaticMask(nn.Module):
         return Flops()  # independent of the example: computed once per batch
 
 
+class StackedMask(nn.Module):
+    """An instance mask whose first product ``W1 x_l`` runs stacked with the cross layer's ``V^T x_l``.
+
+        m = g(W2 relu(h + c1) + c2),   h = W1 x_l            # [B, t] -> [B, mask_dim]
+
+    ``W1`` is the lower block of the layer's ``[V^T ; W1]`` weight
+    (:class:`MaskedLowRankCrossNet` ``.down[l].weight[rank:]``); this module holds
+    the rest: ``c1`` (``hidden_bias``, added by the cross net), ``W2, c2`` (``output``). It is
+    :class:`~mldcn.layers.mask.InstanceGuidedMask` with the first product taken
+    out, built from one so that both start from the same weights.
+
+    Shape:
+        hidden ``[B, t]`` (``relu(W1 x_l + c1)``, computed by the cross net) → ``[B, mask_dim]``
+    """
+
+    def __init__(self, mask: InstanceGuidedMask) -> None:
+        super().__init__()
+        self.in_dim, self.hidden_dim, self.out_dim = mask.in_dim, mask.hidden_dim, mask.out_dim
+        self.activation_name = mask.activation_name
+        self.hidden_bias = nn.Parameter(mask.hidden.bias.detach().clone())  # c1 [t]
+        self.output = mask.output  # W2 [mask_dim, t], c2 [mask_dim]
+        self.activation = mask.activation
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        m = F.linear(hidden, self.output.weight, self.output.bias)  # [B, mask_dim]  W2 hidden + c2
+        return m if self.activation_name == "identity" else self.activation(m)
+
+    def flops(self) -> Flops:
+        # W1's share of the stacked product is counted here, so the total is the unstacked one's
+        return (
+            linear_flops(self.in_dim, self.hidden_dim)
+            + activation_flops("relu", self.hidden_dim)
+            + linear_flops(self.hidden_dim, self.out_dim)
+            + activation_flops(self.activation_name, self.out_dim)
+        )
+
+
 class MaskedLowRankCrossNet(nn.Module):
     """ML-DCN cross network: a DCNv2 low-rank cross whose rank-r projection is masked
     per example.
@@ -57,6 +95,19 @@ class MaskedLowRankCrossNet(nn.Module):
 
     The cost over DCNv2 low-rank (4dr per layer) is the mask, 2·d_s·t + 2·t·r per
     layer (once for all layers with ``share_mask`` and ``mask_source="x0"``).
+
+    **How it runs** (the same equations, fewer operators). When each layer's mask
+    reads x_l (the default) and multiplies the rank space or the output, ``V_l^T x_l``
+    and ``W1_l x_l`` read the same input: the layer holds one weight
+    ``down[l].weight = [V_l^T ; W1_l]`` (``[r + t, d]``) and computes both in one
+    matrix product, split into z ``[B, r]`` and h ``[B, t]``; the mask
+    (:class:`StackedMask`) holds ``c1, W2, c2``. A shared mask that reads x0 is
+    evaluated once for all layers, a static mask once per forward. The residual
+    is one ``addcmul`` (``x_l + x0 ⊙ cross``) and the LayerNorm a functional call.
+    A state dict of the unstacked layout (``down.l.weight`` ``[r, d]`` and
+    ``masks.l.hidden.{weight,bias}``, as ML-DCN saved it before the stacking, and
+    as the options that cannot stack keep it) is converted when it is loaded, and
+    the other way round.
 
     Args:
         in_dim: d, width of x0.
@@ -86,6 +137,8 @@ class MaskedLowRankCrossNet(nn.Module):
         >>> net = MaskedLowRankCrossNet(in_dim=8, num_layers=2, rank=4)
         >>> net(torch.randn(5, 2, 4)).shape
         torch.Size([5, 8])
+        >>> net.down[0].weight.shape  # [V^T ; W1]: r + t rows
+        torch.Size([8, 8])
     """
 
     def __init__(
@@ -117,7 +170,11 @@ class MaskedLowRankCrossNet(nn.Module):
         self.mask_activation = mask_activation
         self.hidden_dim = max(1, round(hidden_ratio * rank))
         self.share_mask = share_mask
+        #: each layer's own mask reads x_l and does not scale x_l: W1_l stacks under V_l^T
+        self.stacked = mask_kind == "instance" and mask_source == "xl" and not share_mask and mask_site != "input"
 
+        # The weights are made and initialised in the unstacked layout, then stacked, so an
+        # ML-DCN starts from the same weights for the same seed whatever the layout.
         self.down = nn.ModuleList(nn.Linear(in_dim, rank, bias=False) for _ in range(num_layers))  # V^T
         self.up = nn.ModuleList(nn.Linear(rank, in_dim) for _ in range(num_layers))  # U, b
         for linear in (*self.down, *self.up):
@@ -129,6 +186,12 @@ class MaskedLowRankCrossNet(nn.Module):
         self.norms = nn.ModuleList(
             nn.LayerNorm(in_dim) for _ in range(num_layers if layer_norm == "layer" else 0)
         )
+        if self.stacked:
+            for layer, (down, mask) in enumerate(zip(self.down, self.masks)):
+                down.weight = nn.Parameter(torch.cat([down.weight.detach(), mask.hidden.weight.detach()]))  # [r+t, d]
+                down.out_features = rank + self.hidden_dim
+                self.masks[layer] = StackedMask(mask)
+        self.register_load_state_dict_pre_hook(_convert_layout)
 
     def _make_mask(self) -> nn.Module:
         if self.mask_kind == "static":
@@ -138,29 +201,64 @@ class MaskedLowRankCrossNet(nn.Module):
         )
 
     def _mask_once(self) -> bool:
-        """One mask evaluation serves every layer (shared and looking at x0)."""
-        return self.share_mask and self.mask_source == "x0"
+        """One mask evaluation serves every layer (shared and looking at x0, or static and shared)."""
+        return self.share_mask and (self.mask_source == "x0" or self.mask_kind == "static")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = x.flatten(1)  # [B, d]
+        if self.stacked:
+            return self._forward_stacked(x0)
         xl = x0
-        m = self.masks[0](x0) if self.masks and self._mask_once() else None
+        site = self.mask_site
+        once = self.masks[0](x0) if self.masks and self._mask_once() else None  # [B or 1, mask_dim]
         for layer in range(self.num_layers):
-            if self.masks and not self._mask_once():
+            m = once
+            if m is None and self.masks:
                 mask = self.masks[0 if self.share_mask else layer]
                 m = mask(x0 if self.mask_source == "x0" else xl)  # [B, r] or [B, d]
-            if m is not None and self.mask_site == "input":
-                z = self.down[layer](m * xl)  # [B, r]
-            else:
-                z = self.down[layer](xl)  # [B, r]
-            if m is not None and self.mask_site == "rank":
+            z = F.linear(xl if m is None or site != "input" else m * xl, self.down[layer].weight)  # [B, r]
+            if m is not None and site == "rank":
                 z = m * z
-            cross = self.up[layer](z)  # [B, d]  U z + b
-            if m is not None and self.mask_site == "output":
+            up = self.up[layer]
+            cross = F.linear(z, up.weight, up.bias)  # [B, d]  U z + b
+            if m is not None and site == "output":
                 cross = m * cross
+            # not addcmul: its fused multiply-add rounds differently from DCNv2 low-rank's
+            # x0 * cross + xl, and with m ≡ 1 the two must agree bit for bit
             xl = x0 * cross + xl  # [B, d]
             if self.norms:
-                xl = self.norms[layer](xl)
+                xl = _layer_norm(xl, self.norms[layer])
+        return xl
+
+    def _forward_stacked(self, x0: torch.Tensor) -> torch.Tensor:
+        """Each layer's own mask reads x_l; W1_l is stacked under V_l^T in ``down[l].weight``."""
+        r, t, rank_site = self.rank, self.hidden_dim, self.mask_site == "rank"
+        # Without autograd (inference_mode, no_grad): one product for z and h, and the
+        # element-wise steps in place on this layer's fresh buffers (the same values).
+        # With autograd: the two row blocks of the same weight as two products, because the
+        # backward of one stacked product concatenates the gradients of z and h, a copy of
+        # [B, r + t] per layer that cost more than the single product saved (measured).
+        inplace = not torch.is_grad_enabled()
+        norms = self.norms if self.norms else [None] * self.num_layers
+        xl = x0
+        for down, up, mask, norm in zip(self.down, self.up, self.masks, norms):
+            weight = down.weight  # [r + t, d]  [V^T ; W1]
+            c1 = mask.hidden_bias
+            if inplace:
+                z, h = F.linear(xl, weight).split((r, t), dim=1)  # [B, r], [B, t]  one product
+                hidden = h.add_(c1 if c1.dtype == h.dtype else c1.to(h.dtype)).relu_()  # relu(W1 x_l + c1)
+            else:
+                z = F.linear(xl, weight[:r])  # [B, r]  V^T x_l
+                hidden = torch.relu(F.linear(xl, weight[r:], c1))  # [B, t]  relu(W1 x_l + c1)
+            m = mask(hidden)  # [B, mask_dim]
+            if rank_site:
+                cross = F.linear(m.mul_(z) if inplace else m * z, up.weight, up.bias)  # [B, d]  U (m ⊙ z) + b
+            else:
+                cross = F.linear(z, up.weight, up.bias)  # [B, d]
+                cross = cross.mul_(m) if inplace else m * cross  # m ⊙ (U z + b)
+            xl = cross.mul_(x0).add_(xl) if inplace else x0 * cross + xl  # [B, d]
+            if norm is not None:
+                xl = _layer_norm(xl, norm)
         return xl
 
     def flops(self) -> Flops:
@@ -170,9 +268,34 @@ class MaskedLowRankCrossNet(nn.Module):
             per_layer = per_layer + Flops(elementwise=self.mask_dim * ELEMENTWISE)  # m ⊙ ·
         if self.norms:
             per_layer = per_layer + Flops(elementwise=LAYER_NORM * d)
-        mask_evaluations = 1 if self._mask_once() else self.num_layers
+        # a shared x0 mask is evaluated once; a static mask costs nothing per example either way
+        mask_evaluations = 1 if self.share_mask and self.mask_source == "x0" else self.num_layers
         masks = self.masks[0].flops() * mask_evaluations if self.masks else Flops()
         return per_layer * self.num_layers + masks
+
+
+def _convert_layout(module: MaskedLowRankCrossNet, state_dict, prefix: str, *args) -> None:
+    """Bring a state dict to ``module``'s layout, in place: W1 stacked under V^T
+    (``down.l.weight`` ``[r + t, d]``, ``masks.l.hidden_bias``) or apart
+    (``down.l.weight`` ``[r, d]``, ``masks.l.hidden.{weight,bias}``)."""
+    if module.mask_kind != "instance" or module.share_mask:
+        return
+    r = module.rank
+    for layer in range(module.num_layers):
+        down, mask = f"{prefix}down.{layer}.weight", f"{prefix}masks.{layer}."
+        if down not in state_dict:
+            continue
+        if module.stacked and mask + "hidden.weight" in state_dict:
+            state_dict[down] = torch.cat([state_dict[down], state_dict.pop(mask + "hidden.weight")])  # [V^T ; W1]
+            state_dict[mask + "hidden_bias"] = state_dict.pop(mask + "hidden.bias")  # c1
+        elif not module.stacked and mask + "hidden_bias" in state_dict:
+            stacked = state_dict[down]
+            state_dict[down], state_dict[mask + "hidden.weight"] = stacked[:r], stacked[r:]
+            state_dict[mask + "hidden.bias"] = state_dict.pop(mask + "hidden_bias")
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # no module call
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

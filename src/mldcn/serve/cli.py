@@ -3,7 +3,7 @@
     mldcn predict MODEL --input rows.csv --out probabilities.csv
     mldcn predict MODEL --prepared data/frappe_x1 --split test --out test.parquet
     mldcn export  MODEL --format onnx            (writes MODEL/model.onnx; --format pt2 for torch.export)
-    mldcn serve   MODEL --backend onnx --port 8000
+    mldcn serve   MODEL --backend onnx --port 8000 [--batch-wait-ms 2 --workers 2]
 
 MODEL is a model artifact directory, or a run directory of ``mldcn train``
 (its artifact is ``RUN/model``). Errors are raised as ``ValueError``/``OSError``
@@ -34,6 +34,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 10_000:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10000 ms, got {text}")
     return value
 
 
@@ -153,7 +160,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a trained model over HTTP (FastAPI + uvicorn)",
         description="POST /predict with {\"records\": [...raw rows...]} returns one probability per record; "
-        "GET /health, GET /metadata, OpenAPI docs at /docs. Needs the `serve` extra.",
+        "GET /health, GET /metadata, GET /metrics (Prometheus), OpenAPI docs at /docs. "
+        "SIGTERM or SIGINT: finish the requests in flight, then exit 0. Needs the `serve` extra.",
     )
     _model_argument(p)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
@@ -162,7 +170,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port; the real one is printed)")
     p.add_argument("--threads", type=_positive, default=1, help="intra-op threads per forward pass (default 1)")
-    p.add_argument("--concurrency", type=_positive, default=2, help="forward passes at the same time (default 2)")
+    p.add_argument("--concurrency", type=_positive, default=2, help="forward passes at the same time, per worker (default 2)")
+    p.add_argument(
+        "--batch-wait-ms", type=_milliseconds, default=0.0, metavar="MS",
+        help="dynamic batching: requests arriving within MS milliseconds share one forward pass "
+        "(default 0: each request alone; try 2 under concurrent load)",
+    )  # fmt: skip
+    p.add_argument("--max-batch-rows", type=_positive, default=256, help="rows per batched forward pass at most (default 256)")
+    p.add_argument("--workers", type=_positive, default=1, help="server processes, each with its own model (default 1)")
     p.add_argument("--max-body-bytes", type=_positive, default=8 << 20, help="larger bodies get 413 (default 8 MiB)")
     p.add_argument("--max-records", type=_positive, default=10_000, help="more records per request get 413")
     p.add_argument("--max-depth", type=_positive, default=32, help="JSON nested deeper gets 400 (default 32, at most 512)")
@@ -183,6 +198,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         onnx_path=args.onnx,
         threads=args.threads,
         concurrency=args.concurrency,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch_rows=args.max_batch_rows,
+        workers=args.workers,
         max_body_bytes=args.max_body_bytes,
         max_records=args.max_records,
         max_depth=args.max_depth,
