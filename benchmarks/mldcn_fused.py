@@ -39,6 +39,8 @@ from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig
 from mldcn.serve.export import ProbabilityModel, example_inputs, export_onnx
 from mldcn.studies.table import format_table
+from mldcn.train.loop import TrainConfig
+from mldcn.train.optim import dense_optimizer
 
 MODELS = ("mldcn", "dcnv2_lowrank")
 BASELINE = "dcnv2_lowrank"
@@ -78,7 +80,7 @@ def train_rates(models: dict, train, args, precision: str, compiled: bool) -> di
     for name, model in models.items():
         model.train()
         net = torch.compile(model) if compiled else model
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = dense_optimizer(list(model.parameters()), TrainConfig())  # the library's Adam (fused)
 
         def step(model=model, net=net, optimizer=optimizer) -> None:
             index = torch.randint(0, len(train), (args.batch_size,), generator=generator)

@@ -80,8 +80,22 @@ class Optimisation:
             optimizer.load_state_dict(state)
 
 
-def _dense_class(config):
-    return torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+#: devices with torch's fused Adam kernels
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def dense_optimizer(params: list[nn.Parameter], config) -> torch.optim.Optimizer:
+    """Adam or AdamW over ``params``, with torch's fused kernel where their device has one.
+
+    The fused step updates every weight in one kernel instead of a dozen small
+    operators per tensor: the optimiser's share of a bf16 training step at 2M
+    interaction FLOPs fell from 1.3 to 0.6 ms (of ~57 ms) for ML-DCN on the
+    development CPU (docs/performance.md). The update is Adam's, equal to the
+    per-tensor loop's to float rounding.
+    """
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    fusable = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fusable or None)
 
 
 def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]:
@@ -89,11 +103,10 @@ def build_optimizers(model: RankingModel, config) -> list[torch.optim.Optimizer]
     tables = model.embedding.tables()
     table_ids = {id(t) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in table_ids and p.requires_grad]
-    dense_cls = _dense_class(config)
     if config.embedding_optimizer == "same":
         model.embedding.sparse = False
-        return [dense_cls(dense + tables, lr=config.lr, weight_decay=config.weight_decay)]
-    optimizers = [dense_cls(dense, lr=config.lr, weight_decay=config.weight_decay)] if dense else []
+        return [dense_optimizer(dense + tables, config)]
+    optimizers = [dense_optimizer(dense, config)] if dense else []
     lr = config.embedding_lr or config.lr
     model.embedding.sparse = config.embedding_optimizer in SPARSE
     if tables:
@@ -109,7 +122,7 @@ def _sharded(model: RankingModel, config, device: torch.device, ctx: DistContext
         raise ConfigError("fused Adam for sharded tables runs on GPU only (fbgemm); use embedding_optimizer adagrad on CPU")
     net = shard_model(model, config.embedding_sharding, ctx.world_size, fused, config.embedding_lr or 0.01, device)
     dense = dense_parameters(net)
-    optimizer = _dense_class(config)(dense, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = dense_optimizer(dense, config)
     return Optimisation(net, [optimizer], dense, fused=[fused_optimizer(net)])
 
 
