@@ -342,3 +342,38 @@ def test_rowwise_adagrad_trains_the_tables(data, built_optimizers):
     assert type(built_optimizers[-1]) is RowWiseAdagrad and model.embedding.sparse
     losses = [r["train_loss"] for r in result.history]
     assert losses[1] < losses[0] and evaluate(model, data.valid)[CLICK]["auc"] > 0.65
+
+
+# ---------------------------------------------------------------------------- the dense optimiser
+
+
+def test_dense_optimizer_is_fused_adam_whose_first_step_is_worked_by_hand():
+    # Adam's first step: m = (1-β1) g, v = (1-β2) g², bias-corrected m̂ = g, v̂ = g², so
+    # p ← p − lr · g / (|g| + eps) = p − lr · sign(g) (to eps) whatever |g|
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    optimizer = optim.dense_optimizer([weight], TrainConfig(lr=0.1))
+    assert optimizer.param_groups[0]["fused"] is True  # torch's one-kernel step on CPU
+    weight.grad = torch.tensor([0.5, -3.0, 1e-3])
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.tensor([0.9, -1.9, 0.4]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_dense_optimizer_follows_the_per_tensor_loop(name):
+    # the fused kernel is the same update as torch's per-tensor loop, to float rounding, over many steps
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)]
+    fused_params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    loop_params = [torch.nn.Parameter(p.detach().clone()) for p in fused_params]
+    config = TrainConfig(optimizer=name, lr=0.01, weight_decay=0.1)
+    fused = optim.dense_optimizer(fused_params, config)
+    loop_cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    loop = loop_cls(loop_params, lr=0.01, weight_decay=0.1, foreach=False)
+    for _ in range(20):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(fused_params, loop_params, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(fused_params, loop_params):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
