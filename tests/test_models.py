@@ -32,7 +32,7 @@ from mldcn.models import (
 MODELS = list_models()
 
 #: Update when a preset is added or removed (timm-style discovery test).
-EXPECTED_NUM_MODELS = 19
+EXPECTED_NUM_MODELS = 32
 
 SPEC = FeatureSpec(
     categorical=(CategoricalField("user", 7), CategoricalField("item", 5)),

@@ -1,6 +1,19 @@
 """Models: thin assemblies of layers, a registry of presets, FLOPs accounting."""
 
-from mldcn.models import baselines, dcnv2, masknet, mldcn, rankmixer, wukong  # noqa: F401  (registers families)
+from mldcn.models import (  # noqa: F401  (registers families)
+    autoint,
+    baselines,
+    dcnv2,
+    deepfm,
+    dlrm,
+    finalmlp,
+    gdcn,
+    masknet,
+    mldcn,
+    rankmixer,
+    wukong,
+    xdeepfm,
+)
 from mldcn.models.config import HeadConfig, ModelConfig, model_config_from_dict
 from mldcn.models.flops import ModelCost, measured_matmul_flops, model_cost
 from mldcn.models.ranking import RankingModel

@@ -97,6 +97,9 @@ def match_budget(
         raise BudgetError(f"the FLOPs budget must be > 0, got {budget}")
     family = get_family(config.family)
     num_fields, dim = features.num_fields, config.embedding_dim
+    if family.width is None and family.scale is None:  # e.g. DeepFM's FM: nothing to resize
+        fixed = interaction_flops(config, features).total
+        raise BudgetError(f"{config.family} has no width to match a FLOPs budget with: its interaction costs {fixed:,} FLOPs/example")
 
     def closest(interaction) -> tuple[ModelConfig, int]:
         def sized(width: int) -> ModelConfig:
@@ -105,9 +108,9 @@ def match_budget(
         def cost(width: int) -> int:
             return interaction_flops(sized(width), features).total
 
-        lo, hi = 1, max_width
-        if cost(lo) >= budget:
-            hi = lo
+        lo, hi = 1, 1
+        while hi < max_width and cost(hi) < budget:  # gallop: probe no module much past the budget
+            lo, hi = hi + 1, min(2 * hi, max_width)
         while lo < hi:  # smallest width with cost >= budget
             mid = (lo + hi) // 2
             if cost(mid) >= budget:
