@@ -14,7 +14,7 @@ from mldcn.features import CategoricalField, FeatureSpec, NumericField, TaskSpec
 from mldcn.layers import StackedHead
 from mldcn.layers.flops import Flops
 from mldcn.layers.multitask import CustomizedGateControl, MultiGateMixture, TaskTowers
-from mldcn.models import create_model, get_preset, measured_matmul_flops, model_cost
+from mldcn.models import create_model, get_preset, list_families, measured_matmul_flops, model_cost
 from mldcn.models.budget import interaction_flops, match_budget
 from mldcn.models.config import model_config_from_dict
 from mldcn.models.multitask import list_structures
@@ -76,7 +76,18 @@ SPEC = FeatureSpec(
 )
 
 
-@pytest.mark.parametrize("family", ["mldcn", "dcnv2_lowrank", "masknet_parallel", "wukong", "rankmixer", "dnn"])
+#: one preset of each interaction family (a discovery test below keeps it complete)
+FAMILY_PRESETS = [
+    "mldcn", "dcnv2", "dcnv2_lowrank", "dcnv2_mixture", "masknet_parallel", "masknet_serial", "wukong", "rankmixer",
+    "rankmixer_moe", "dnn", "deepfm", "xdeepfm", "autoint_plus", "dlrm", "finalmlp", "gdcn",
+]  # fmt: skip
+
+
+def test_every_family_is_tried_as_an_expert():
+    assert sorted(get_preset(p).family for p in FAMILY_PRESETS) == sorted(set(list_families()) - {"lr"})
+
+
+@pytest.mark.parametrize("family", FAMILY_PRESETS)
 @pytest.mark.parametrize("multitask", ["shared_bottom", {"kind": "mmoe", "num_experts": 3}, {"kind": "ple", "shared_experts": 1, "task_experts": 2}])
 def test_any_family_is_the_expert_of_any_structure(family, multitask):
     config = model_config_from_dict({"preset": family, "multitask": multitask, "embedding_dim": 4, "head": {"hidden": [8]}})
