@@ -298,3 +298,45 @@ def test_scale_compares_families_as_experts_of_one_multi_task_structure(tmp_path
     assert all(r["test_auc"] == pytest.approx((r["test"]["click"]["auc"] + r["test"]["quality"]["auc"]) / 2) for r in records)
     assert (tmp_path / "auc_vs_flops_click.png").exists() and (tmp_path / "auc_vs_flops_quality.png").exists()
     assert "test_click_auc" in (tmp_path / "results.csv").read_text().splitlines()[0]
+
+
+def test_one_pass_scale_sweep_fits_scaling_laws(tmp_path):
+    # one pass of 2,048 examples per run (4 batches of 512, scored twice: the learning curve),
+    # three budgets, two seeds: each family's test logloss fitted against its FLOPs, and its
+    # held-out logloss against the examples seen at the largest budget
+    config = scale_config_from_dict(
+        {
+            **ONE_RUN,
+            "budgets": [5000, 20000, 60000],
+            "families": ["mldcn", "dcnv2_lowrank"],
+            "reference": "mldcn",
+            "seeds": [0, 1],
+            "train": {**TINY_TRAIN, "batch_size": 512, "examples": 2048, "curve_points": 3},
+        }
+    )
+    summary = run_scale(config, tmp_path, echo=lambda _: None)
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 2 * 3 * 2
+    for record in results:
+        assert [p["examples"] for p in record["curve"]] == [512, 1536, 2048]  # after batches 1, 3 and 4 (evenly spaced, rounded)
+    compute = summary["scaling"]["compute"]
+    assert {row["family"] for row in compute["rows"]} == {"mldcn", "dcnv2_lowrank"}
+    assert compute["form"] in ("power", "loglinear")
+    rival = next(row for row in compute["rows"] if row["family"] == "dcnv2_lowrank")
+    assert 0 <= rival["vs_reference_p"] <= 1
+    # the fit reproduces what it was given: the fitted curve at each family's points, by hand from its parameters
+    fit = compute["fits"]["mldcn"]
+    points = [(r["interaction_flops"], r["test_logloss"]) for r in results if r["family"] == "mldcn"]
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points])
+    params = fit["params"]
+    if fit["form"] == "power":
+        predicted = params["c"] + params["a"] * x ** (-params["b"])
+    else:
+        predicted = params["p"] + params["q"] * np.log10(x)
+    assert np.sum((y - predicted) ** 2) == pytest.approx(fit["rss"][fit["form"]], rel=1e-6)
+    assert summary["scaling"]["examples"]["budget"] == 60000
+    text = (tmp_path / "summary.md").read_text()
+    assert "## Scaling law: test logloss against interaction FLOPs" in text
+    assert "held-out logloss against examples seen at 60,000 FLOPs" in text
+    assert (tmp_path / "loss_vs_flops.png").stat().st_size > 1000

@@ -377,3 +377,53 @@ def test_fused_dense_optimizer_follows_the_per_tensor_loop(name):
         loop.step()
     for p, q in zip(fused_params, loop_params):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- one pass
+
+
+ONE_PASS = replace(FAST, examples=10_240, curve_points=4)  # 20 batches of 512, scored every 5
+
+
+def test_one_pass_sees_the_first_examples_once_in_order_and_keeps_the_final_weights(data):
+    model = new_model(data.features)
+    result = fit(model, data.train, data.valid, ONE_PASS)
+    assert [point["examples"] for point in result.history] == [2_560, 5_120, 7_680, 10_240]
+    assert result.train_examples == 10_240
+    first, last = result.history[0]["valid"][CLICK], result.history[-1]["valid"][CLICK]
+    assert last["logloss"] < first["logloss"] and last["auc"] > first["auc"]  # the learning curve rises
+    assert result.best_valid == result.history[-1]["valid"]  # the final weights, not the best point's
+    final = evaluate(model, data.valid)[CLICK]
+    assert final["auc"] == pytest.approx(last["auc"], abs=1e-12)
+
+    # the same model trained by hand on rows 0..10,239 in order, one step per batch of 512, with
+    # the recipe's optimiser and clipping, ends with the same weights
+    reference = new_model(data.features)
+    optimizers = optim.build_optimizers(reference, ONE_PASS)
+    for start in range(0, 10_240, 512):
+        batch = data.train.rows(start, start + 512)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(reference(*batch.inputs()), batch.labels)
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), ONE_PASS.grad_clip_norm)
+        for optimizer in optimizers:
+            optimizer.step()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_one_pass_writes_its_learning_curve(data, tmp_path):
+    fit(new_model(data.features), data.train, data.valid, ONE_PASS, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["examples"] for line in lines] == [2_560, 5_120, 7_680, 10_240]
+    assert all(CLICK in line["valid"] for line in lines)
+
+
+def test_one_pass_settings_are_checked(data, tmp_path):
+    with pytest.raises(ConfigError, match=r"whole number of batches of 512 \(e.g. 9,728\)"):
+        replace(FAST, examples=10_000)
+    with pytest.raises(ConfigError, match="more than the 20,000 training rows"):
+        fit(new_model(data.features), data.train, data.valid, replace(FAST, examples=20_480))
+    with pytest.raises(ConfigError, match="does not resume"):
+        fit(new_model(data.features), data.train, data.valid, ONE_PASS, tmp_path, resume=True)

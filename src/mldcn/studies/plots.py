@@ -46,3 +46,40 @@ def plot_auc_vs_flops(rows: Sequence[dict], path: str | Path, title: str = "") -
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def plot_scaling(points: dict, fits: dict, path: str | Path, title: str = "", xlabel: str = "interaction FLOPs per example") -> Path | None:
+    """Held-out loss against compute (or examples), every run as a point and each family's fitted law as a line.
+
+    ``points``: ``{family: (x, y)}``; ``fits``: ``{family: ScalingFit}`` (:mod:`mldcn.studies.scaling`).
+    Returns the PNG path, or None when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for family, (x, y) in points.items():
+        line = ax.plot(x, y, "o", alpha=0.6, label=family)[0]
+        if family in fits:
+            grid = np.geomspace(min(x), max(x), 100)
+            fit = fits[family]
+            ax.plot(grid, fit.predict(grid), "-", color=line.get_color(), label=f"{family}: {fit.form}, rate {fit.rate:.3g}")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(f"{xlabel} (log scale)")
+    ax.set_ylabel("held-out logloss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

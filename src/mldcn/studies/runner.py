@@ -148,6 +148,11 @@ def _run_one(spec: RunSpec, dataset: Dataset, data_config: DataConfig, out_dir: 
         "predictions": f"predictions/{name}.npy",
         **outcome.cost,
     }
+    if spec.train.examples is not None:  # one pass: the learning curve on the held-out split
+        record["curve"] = [
+            {"examples": h["examples"], "valid_auc": mean(h["valid"], "auc"), "valid_logloss": mean(h["valid"], "logloss")}
+            for h in outcome.fit.history
+        ]
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")  # one append per run: workers never interleave lines
     echo(

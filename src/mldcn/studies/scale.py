@@ -35,8 +35,9 @@ from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig, ModelConfig
 from mldcn.models.multitask import multitask_from_dict
 from mldcn.models.registry import create_model, get_family, get_preset
-from mldcn.studies.plots import plot_auc_vs_flops
+from mldcn.studies.plots import plot_auc_vs_flops, plot_scaling
 from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
+from mldcn.studies.scaling import FORMS, RATE, compare_exponents, fit_scaling
 from mldcn.studies.stats import delong, paired_t
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
@@ -238,9 +239,10 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
                     entry.update(delong_difference=test.difference, delong_z=test.z, delong_p=test.p_value)
                 entry["verdict"] = _verdict(config.reference, rival, entry)
                 significance.append(entry)
-    summary = {"rows": rows, "significance": significance, "reference": config.reference, "tasks": list(tasks)}
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     name = name or config.data.source
+    laws = scaling_laws(config, models, chosen, results, out_dir, name)
+    summary = {"rows": rows, "significance": significance, "reference": config.reference, "tasks": list(tasks), "scaling": laws}
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     if several:
         plots = [
             plot_auc_vs_flops(
@@ -252,8 +254,98 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
         ]
     else:
         plots = [plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{name} — matched interaction FLOPs")]
-    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plots, name, tasks))
+    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plots, name, tasks) + render_scaling(laws))
     return summary
+
+
+def scaling_laws(config, models, chosen, results, out_dir: Path, name: str) -> dict:
+    """Each family's test logloss against interaction FLOPs, fitted as a scaling law (:mod:`mldcn.studies.scaling`).
+
+    All families are fitted with one form — the one with the lower AIC summed over the
+    families — so their rates compare; each family's rate is tested against the
+    reference's. With one-pass runs (``train.examples``), each family's held-out
+    logloss is also fitted against the examples seen, at the largest budget (is the
+    family compute- or data-limited?). Needs 3 budgets (the power law's 3 parameters).
+    """
+    if len(config.budgets) < 3:
+        return {}
+    points = {}
+    for family in config.families:
+        runs = [(b, s, results[_key(family, b, s, *chosen[family, b])]) for b in config.budgets for s in config.seeds]
+        points[family] = (
+            np.array([r["interaction_flops"] for _, _, r in runs], dtype=float),
+            np.array([r["test_logloss"] for _, _, r in runs]),
+            np.array([s for _, s, _ in runs]),
+        )
+    laws = {"compute": _fit_families(points, config.reference)}
+    plot = plot_scaling({f: p[:2] for f, p in points.items()}, laws["compute"]["fits"], out_dir / "loss_vs_flops.png",
+                        title=f"{name} — test logloss against interaction FLOPs")  # fmt: skip
+    laws["compute"]["plot"] = None if plot is None else plot.name
+    curves = {}
+    top = max(config.budgets)
+    for family in config.families:
+        runs = [results[_key(family, top, s, *chosen[family, top])] for s in config.seeds]
+        if all("curve" in r for r in runs):
+            x = [p["examples"] for r in runs for p in r["curve"]]
+            y = [p["valid_logloss"] for r in runs for p in r["curve"]]
+            seeds = [s for s, r in zip(config.seeds, runs) for _ in r["curve"]]
+            curves[family] = (np.array(x, dtype=float), np.array(y), np.array(seeds))
+    if curves:
+        laws["examples"] = _fit_families(curves, config.reference)
+        laws["examples"]["budget"] = top
+        plot = plot_scaling({f: p[:2] for f, p in curves.items()}, laws["examples"]["fits"], out_dir / "loss_vs_examples.png",
+                            title=f"{name} — held-out logloss against examples seen, at {top:,.0f} FLOPs", xlabel="examples seen")  # fmt: skip
+        laws["examples"]["plot"] = None if plot is None else plot.name
+    for law in laws.values():
+        law["fits"] = {family: fit.to_dict() for family, fit in law["fits"].items()}
+    return laws
+
+
+def _fit_families(points: dict, reference: str) -> dict:
+    """One common form for every family (lowest summed AIC), each family's fit and its rate against the reference's."""
+    auto = {f: fit_scaling(x, y, s, resamples=0) for f, (x, y, s) in points.items()}
+    possible = [f for f in FORMS if all(f in fit.fits for fit in auto.values())]  # a power law needs 3 distinct x
+    form = min(possible, key=lambda candidate: sum(fit.fits[candidate].aic for fit in auto.values()))
+    fits = {f: fit_scaling(x, y, s, form=form, resamples=1000) for f, (x, y, s) in points.items()}
+    rows = []
+    for family, fit in fits.items():
+        name = RATE[form]
+        row = {"family": family, "form": form, "rate": fit.rate, "interval": _interval(fit, name),
+               "aic_power": fit.fits["power"].aic if "power" in fit.fits else float("nan"),
+               "aic_loglinear": fit.fits["loglinear"].aic}  # fmt: skip
+        if form == "power":
+            row["irreducible"] = fit.params["c"]
+        if family != reference and reference in fits:
+            comparison = compare_exponents(fits[reference], fit)
+            row.update(vs_reference=comparison.difference, vs_reference_p=comparison.p_value)
+        rows.append(row)
+    return {"form": form, "rows": rows, "fits": fits}
+
+
+def _interval(fit, name: str) -> str:
+    low, high = fit.intervals[name]
+    if fit.form == "loglinear":  # the rate is -q
+        low, high = -high, -low
+    return f"[{low:.4g}, {high:.4g}]"
+
+
+def render_scaling(laws: dict) -> str:
+    if not laws:
+        return ""
+    lines = []
+    titles = {"compute": "test logloss against interaction FLOPs", "examples": "held-out logloss against examples seen"}
+    for kind, law in laws.items():
+        rate = "exponent b of c + a·x^-b" if law["form"] == "power" else "fall of the loss per decade of x (−q)"
+        columns = [("family", "family"), ("rate", rate), ("interval", "95% interval (bootstrap over seeds)")]
+        if law["form"] == "power":
+            columns.append(("irreducible", "irreducible loss c"))
+        columns += [("aic_power", "AIC power"), ("aic_loglinear", "AIC log-linear"), ("vs_reference", "reference's rate − this"), ("vs_reference_p", "p")]
+        where = f" at {law['budget']:,.0f} FLOPs" if "budget" in law else ""
+        lines += [f"## Scaling law: {titles[kind]}{where}", "", f"One form for all families: {law['form']} (lower AIC summed over the families).", "",
+                  format_table(law["rows"], columns, markdown=True), ""]  # fmt: skip
+        if law.get("plot"):
+            lines += [f"![{titles[kind]}]({law['plot']})", ""]
+    return "\n".join(lines)
 
 
 def _pm(values) -> str:

@@ -1,4 +1,5 @@
-"""The metrics log of a run: ``metrics.jsonl`` (one JSON line per epoch) and one printed line per epoch."""
+"""The metrics log of a run: ``metrics.jsonl`` (one JSON line per epoch, or per point of a
+one-pass learning curve) and one printed line for each."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ class MetricsLog:
             self.path.write_text("")
 
     def epoch(self, record: dict) -> None:
+        self._write(record, f"epoch {record['epoch']}", "" if record["improved"] else "  (no improvement)")
+
+    def point(self, record: dict) -> None:
+        """A point of a one-pass learning curve (``record["examples"]`` seen so far)."""
+        self._write(record, f"{record['examples']:,} examples")
+
+    def _write(self, record: dict, where: str, note: str = "") -> None:
         if self.path is not None:
             with open(self.path, "a") as out:
                 out.write(json.dumps(record) + "\n")
@@ -30,7 +38,4 @@ class MetricsLog:
                 f"{task + ' ' if len(tasks) > 1 else ''}valid auc {m['auc']:.4f} logloss {m['logloss']:.4f}"
                 for task, m in tasks.items()
             )
-            tqdm.write(
-                f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}  {shown}"
-                + ("" if record["improved"] else "  (no improvement)")
-            )
+            tqdm.write(f"{where}: train loss {record['train_loss']:.4f}  {shown}{note}")
