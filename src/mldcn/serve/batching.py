@@ -33,21 +33,17 @@ Shape legend as in :mod:`mldcn.features`: ``[B, ...]`` rows, ``T`` tasks.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-import pyarrow as pa
 import torch
 
 from mldcn.batch import Batch
-from mldcn.serve.inputs import IdInputs, RawInputs, RecordError, _number_text, _text, json_kind, quoted
+from mldcn.serve.inputs import IdInputs, RawInputs, RecordError
 
 logger = logging.getLogger("mldcn.serve")
 
@@ -77,7 +73,7 @@ class StagedInputs:
         """A request's records, checked: :class:`RecordError` on the first bad one."""
         if isinstance(self.codec, IdInputs):
             return self.codec.encode_records(records)  # numpy per record, no per-call cost to save
-        return _raw_texts(self.codec, records)
+        return self.codec.record_texts(records)
 
     def rows(self, part: Any) -> int:
         """The number of records of a checked request."""
@@ -93,57 +89,7 @@ class StagedInputs:
         """
         if isinstance(self.codec, IdInputs):
             return _concatenate(list(parts)), [None] * len(parts)
-        return _encode_raw(self.codec, parts)
-
-
-def _raw_texts(codec: RawInputs, records: list) -> dict[str, list[str | None]]:
-    """The checks of :meth:`RawInputs.encode_records`, without its encoding: each field's texts.
-
-    This repeats that method's loop (``mldcn.serve.inputs`` is not split into
-    check and encode); a test holds the two to the same answers.
-    """
-    separators = {c.column: c.separator for c in codec.schema.sequence}
-    values: dict[str, list[str | None]] = {f.name: [] for f in codec.fields}
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise RecordError(index, None, f"expected an object of field values, got {json_kind(record)}")
-        for field in codec.fields:
-            if field.name not in record:
-                raise RecordError(index, field.name, "missing (send null for a missing value)")
-            value = record[field.name]
-            if field.kind == "number":
-                text = _number_text(value, index, field.name)
-            elif field.kind == "multi" and isinstance(value, list):
-                pieces = [_text(v, index, field.name) for v in value]
-                if any(p is None for p in pieces):
-                    raise RecordError(index, field.name, "a list of values may not hold null or NaN")
-                text = separators[field.name].join(pieces)
-            else:
-                text = _text(value, index, field.name)
-            values[field.name].append(text)
-    return values
-
-
-def _encode_raw(codec: RawInputs, parts: Sequence[dict[str, list]]) -> tuple[Batch, list[RecordError | None]]:
-    """Texts of several requests → one encoding; a request with a number past float32 is refused."""
-    names = [f.name for f in codec.fields]
-    sizes = [len(next(iter(part.values()))) for part in parts]
-    starts = np.cumsum([0, *sizes])  # request k holds rows starts[k]:starts[k + 1]
-    columns = {name: pa.array(list(chain.from_iterable(part[name] for part in parts)), pa.string()) for name in names}
-    with np.errstate(over="ignore"):  # an overflow of float32 is refused below
-        encoded = codec.encoder.encode(columns)
-    errors: list[RecordError | None] = [None] * len(parts)
-    overflow = ~np.isfinite(encoded.numeric.numpy())  # [B, Fn], e.g. 1e39 with transform none
-    if not overflow.any():
-        return encoded, errors
-    for row, j in np.argwhere(overflow):  # row-major: each request's first, as encode_records reports it
-        k = bisect.bisect_right(starts, row) - 1
-        if errors[k] is None:
-            local, column = int(row - starts[k]), codec.schema.numeric[j]
-            text = parts[k][column.column][local]
-            errors[k] = RecordError(local, column.column, f"{quoted(text)} overflows the model's float32 input {column.name!r}")
-    keep = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in range(len(parts)) if errors[k] is None] or [[]])
-    return encoded.take(torch.from_numpy(keep.astype(np.int64))), errors
+        return self.codec.encode_texts(list(parts))
 
 
 def _concatenate(batches: list[Batch]) -> Batch:

@@ -28,13 +28,16 @@ overflows the model's float32 inputs.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from mldcn.batch import Batch
 from mldcn.data.encode import Encoder
@@ -185,6 +188,13 @@ class RawInputs:
 
     def encode_records(self, records: list) -> Batch:
         """JSON records (``[{raw column: value}]``) → model inputs; :class:`RecordError` on a bad one."""
+        encoded, errors = self.encode_texts([self.record_texts(records)])
+        if errors[0] is not None:
+            raise errors[0]
+        return encoded
+
+    def record_texts(self, records: list) -> dict[str, list[str | None]]:
+        """Every rule a record can break on its own, checked: each field's texts, or :class:`RecordError`."""
         values: dict[str, list[str | None]] = {f.name: [] for f in self.fields}
         for index, record in enumerate(records):
             if not isinstance(record, dict):
@@ -203,15 +213,29 @@ class RawInputs:
                 else:
                     text = _text(value, index, field.name)
                 values[field.name].append(text)
+        return values
+
+    def encode_texts(self, parts: list[dict[str, list]]) -> tuple[Batch, list[RecordError | None]]:
+        """The checked texts of several requests (:meth:`record_texts`) → one encoding of their rows, in
+        order, and each request's error: a number that the schema's transform takes past float32
+        refuses its request, whose rows are left out."""
+        sizes = [len(next(iter(part.values()))) for part in parts]
+        starts = np.cumsum([0, *sizes])  # request k holds rows starts[k]:starts[k + 1]
+        columns = {f.name: pa.array(list(chain.from_iterable(part[f.name] for part in parts)), pa.string()) for f in self.fields}
         with np.errstate(over="ignore"):  # an overflow of float32 is refused below
-            encoded = self.encoder.encode({name: pa.array(v, pa.string()) for name, v in values.items()})
-        overflow = ~np.isfinite(encoded.numeric.numpy())  # e.g. 1e39 with transform none
-        if overflow.any():
-            row, j = (int(k) for k in np.argwhere(overflow)[0])
-            column = self.schema.numeric[j]
-            text = values[column.column][row]
-            raise RecordError(row, column.column, f"{quoted(text)} overflows the model's float32 input {column.name!r}")
-        return encoded
+            encoded = self.encoder.encode(columns)
+        errors: list[RecordError | None] = [None] * len(parts)
+        overflow = ~np.isfinite(encoded.numeric.numpy())  # [B, Fn], e.g. 1e39 with transform none
+        if not overflow.any():
+            return encoded, errors
+        for row, j in np.argwhere(overflow):  # row-major: each request's first bad row
+            k = bisect.bisect_right(starts, row) - 1
+            if errors[k] is None:
+                local, column = int(row - starts[k]), self.schema.numeric[j]
+                text = parts[k][column.column][local]
+                errors[k] = RecordError(local, column.column, f"{quoted(text)} overflows the model's float32 input {column.name!r}")
+        keep = np.concatenate([np.arange(starts[k], starts[k + 1]) for k in range(len(parts)) if errors[k] is None] or [[]])
+        return encoded.take(torch.from_numpy(keep.astype(np.int64))), errors
 
     def example(self) -> dict:
         """A record of frequent values (for the OpenAPI docs)."""
