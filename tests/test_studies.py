@@ -16,11 +16,12 @@ import yaml
 from scipy import stats
 
 from mldcn.cli import main
+from mldcn.config import ConfigError
 from mldcn.features import CategoricalField, FeatureSpec, NumericField
 from mldcn.models import get_preset, list_families
 from mldcn.models.budget import BudgetError, interaction_flops, match_budget
 from mldcn.studies.ablate import ablate_config_from_dict, run_ablation
-from mldcn.studies.scale import FAMILIES, run_scale, scale_config_from_dict
+from mldcn.studies.scale import FAMILIES, run_scale, scale_config_from_dict, sized_models
 from mldcn.studies.stats import delong, paired_t
 
 
@@ -340,3 +341,38 @@ def test_one_pass_scale_sweep_fits_scaling_laws(tmp_path):
     assert "## Scaling law: test logloss against interaction FLOPs" in text
     assert "held-out logloss against examples seen at 60,000 FLOPs" in text
     assert (tmp_path / "loss_vs_flops.png").stat().st_size > 1000
+
+
+def test_scale_sweeps_a_variant_with_non_default_options_beside_its_preset(tmp_path):
+    # "ML-DCN without LayerNorm" beside ML-DCN, without writing a preset
+    config = scale_config_from_dict(
+        {
+            **ONE_RUN,
+            "families": ["mldcn", "mldcn_no_ln"],
+            "reference": "mldcn",
+            "variants": {"mldcn_no_ln": {"preset": "mldcn", "interaction": {"layer_norm": "none"}}},
+        }
+    )
+    models = sized_models(config, make_synthetic_dataset())
+    default, variant = models["mldcn", 20000], models["mldcn_no_ln", 20000]
+    assert default.interaction.layer_norm == "layer" and variant.interaction.layer_norm == "none"
+    assert variant.head == config.head and variant.embedding_dim == 4  # the sweep's shared head and size
+    assert abs(interaction_flops(variant, make_synthetic_dataset().features).total / 20000 - 1) <= 0.03
+    summary = run_scale(config, tmp_path, echo=lambda _: None)
+    assert {row["family"] for row in summary["rows"]} == {"mldcn", "mldcn_no_ln"}
+    assert {s["rival"] for s in summary["significance"]} == {"mldcn_no_ln"}
+
+
+def test_scale_variants_are_checked():
+    with pytest.raises(ConfigError, match="is a preset's name"):
+        scale_config_from_dict({**ONE_RUN, "variants": {"dcnv2_lowrank": {"preset": "mldcn"}}})
+    with pytest.raises(ConfigError, match=r"scale.variants.bad: unknown key"):
+        scale_config_from_dict({**ONE_RUN, "families": ["bad"], "reference": "bad", "variants": {"bad": {"preset": "mldcn", "layers": 3}}})
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        scale_config_from_dict({**ONE_RUN, "families": ["nope"], "reference": "nope"})
+
+
+def make_synthetic_dataset():
+    from mldcn.data.source import DataConfig, load_data
+
+    return load_data(scale_config_from_dict(ONE_RUN).data)

@@ -32,9 +32,9 @@ from mldcn.extras import available, require
 from mldcn.files import atomic_path, write_text_atomic
 from mldcn.data.dataset import Dataset
 from mldcn.models.budget import match_budget
-from mldcn.models.config import HeadConfig, ModelConfig
+from mldcn.models.config import HeadConfig, ModelConfig, model_config_from_dict
 from mldcn.models.multitask import multitask_from_dict
-from mldcn.models.registry import create_model, get_family, get_preset
+from mldcn.models.registry import create_model, get_family, get_preset, list_models
 from mldcn.studies.plots import plot_auc_vs_flops, plot_scaling
 from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
 from mldcn.studies.scaling import FORMS, RATE, compare_exponents, fit_scaling
@@ -62,7 +62,12 @@ class ScaleConfig(Config):
 
     Attributes:
         budgets: interaction FLOPs per example to match (±3%).
-        families: model presets, one per family; each is resized to each budget.
+        families: model presets, one per family, or names of ``variants``; each is
+            resized to each budget.
+        variants: named model configs beside the presets, e.g. ``{mldcn_no_ln:
+            {preset: mldcn, interaction: {layer_norm: none}}}`` (any mapping a run
+            config's ``model:`` takes): a family with non-default options, without a
+            preset. The sweep's shared ``embedding_dim`` and ``head`` replace theirs.
         seeds: training seeds (the first one also runs the tuning grid).
         reference: the preset compared against every other (significance tests).
         embedding_dim, head: shared by all families.
@@ -80,6 +85,7 @@ class ScaleConfig(Config):
 
     budgets: tuple[float, ...] = (50_000, 150_000, 500_000, 1_500_000)
     families: tuple[str, ...] = FAMILIES
+    variants: dict[str, dict] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
     reference: str = "mldcn"
     embedding_dim: int = 16
@@ -98,8 +104,17 @@ class ScaleConfig(Config):
             raise ConfigError("ScaleConfig needs budgets, families and seeds")
         if self.reference not in self.families:
             raise ConfigError(f"reference {self.reference!r} is not among the families {list(self.families)}")
+        for name in self.variants:
+            if name in list_models():
+                raise ConfigError(f"scale.variants: {name!r} is a preset's name; give the variant another")
         for name in self.families:
-            get_preset(name)
+            self.model(name)
+
+    def model(self, name: str) -> ModelConfig:
+        """The model config of a family of the sweep: a variant's, or a preset's."""
+        if name in self.variants:
+            return model_config_from_dict(self.variants[name], f"scale.variants.{name}")
+        return get_preset(name)
         if self.multitask is not None:
             multitask_from_dict(self.multitask, "scale.multitask")
 
@@ -116,7 +131,7 @@ def sized_models(config: ScaleConfig, dataset: Dataset) -> dict[tuple[str, float
     """Each family's config at each budget, with the shared head and embedding size."""
     models = {}
     for family in config.families:
-        base = get_preset(family).replace(embedding_dim=config.embedding_dim, head=config.head)
+        base = config.model(family).replace(embedding_dim=config.embedding_dim, head=config.head)
         if config.multitask is not None:
             base = base.replace(multitask=multitask_from_dict(config.multitask, "scale.multitask"))
         for budget in config.budgets:
