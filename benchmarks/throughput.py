@@ -43,7 +43,7 @@ from torch import nn
 
 from mldcn.data.synthetic import SyntheticClickLog, SyntheticConfig
 from mldcn.models import create_model, get_preset, model_cost
-from mldcn.models.budget import match_budget
+from mldcn.models.budget import BudgetError, match_budget
 from mldcn.models.config import HeadConfig
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
@@ -143,7 +143,11 @@ def configs_at(budget: float, names: list[str], features) -> dict:
     for name in names:
         config = get_preset(name)
         if name in FAMILIES:
-            config = match_budget(config.replace(head=head), features, budget)
+            try:
+                config = match_budget(config.replace(head=head), features, budget)
+            except BudgetError as error:  # a budget a family cannot reach: say so, time the others
+                print(f"skipped {name} at {budget:,.0f}: {error}", flush=True)
+                continue
         elif name == "dnn":
             config = config.replace(head=HeadConfig(structure="stacked", hidden=(256, 128)))
         configs[name] = config
