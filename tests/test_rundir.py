@@ -78,6 +78,25 @@ def test_resume_may_extend_the_epochs(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["config"]["train"]["epochs"] == 3
 
 
+def test_a_run_made_before_an_option_existed_resumes_as_that_option_s_default(tmp_path, capsys):
+    # run.json of an older version lacks options added since (here the one-pass ones): they are
+    # taken at their defaults, the behaviour that run had, not reported as differences
+    out = tmp_path / "run"
+    assert train(out) == 0
+    record = json.loads((out / "run.json").read_text())
+    for key in ("examples", "curve_points"):
+        del record["config"]["train"][key]
+    (out / "run.json").write_text(json.dumps(record))
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(out), "--resume"]) == 0
+    # a real change is still refused, named against the recorded value
+    record = json.loads((out / "run.json").read_text())
+    del record["config"]["train"]["curve_points"]
+    (out / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert train(out, "--set", "train.curve_points=5", "--resume") == 2
+    assert "train.curve_points: 10 → 5" in capsys.readouterr().err
+
+
 def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
     assert train(tmp_path / "empty", "--resume") == 2
     assert "nothing to resume (no last.pt)" in capsys.readouterr().err

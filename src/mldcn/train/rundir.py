@@ -88,6 +88,18 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {a.get(k, '<absent>')!r} → {b.get(k, '<absent>')!r}" for k in keys]
 
 
+def _as_resolved_now(recorded: dict) -> dict:
+    """A recorded config resolved as this version resolves configs: an option added since
+    the run was made takes its default, which is the behaviour the run had. A record this
+    version cannot resolve is compared as it is."""
+    from mldcn.train.run import run_config_from_dict  # noqa: PLC0415  (run imports this module)
+
+    try:
+        return run_config_from_dict(recorded).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return recorded
+
+
 def check_resume(run_dir: Path, config: dict, dataset: Dataset, world_size: int = 1) -> None:
     """Refuse to resume ``run_dir`` with another config or other data, or a sharded run's
     checkpoint with another sharding or number of processes (``world_size``); the message
@@ -112,7 +124,7 @@ def check_resume(run_dir: Path, config: dict, dataset: Dataset, world_size: int 
         recorded_config, recorded_data = record["config"], record["data"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise RunDirError(f"{record_file}: not a run record mldcn can read ({error}); start afresh without --resume") from None
-    problems = config_differences(recorded_config, config)
+    problems = config_differences(_as_resolved_now(recorded_config), config)
     data = data_fingerprint(dataset)
     if data["sha256"] != recorded_data.get("sha256"):
         rows = ", ".join(f"{k} {recorded_data.get('rows', {}).get(k, '?'):,} → {v:,}" for k, v in data["rows"].items())
