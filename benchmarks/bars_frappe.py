@@ -1,7 +1,7 @@
 """Reproduce BARS Frappe_x1 figures: each model's BARS run config over several seeds, against the leaderboard.
 
     .venv/bin/python benchmarks/bars_frappe.py --models deepfm xdeepfm autoint_plus dlrm finalmlp gdcn dcnv2 \\
-        --seeds 2021 1 2 --out runs/bars --markdown
+        --seeds 2021 1 2 --out results/bars --markdown
 
 For each model ``M`` and seed ``S`` it runs
 
@@ -53,7 +53,7 @@ def run_one(model: str, seed: int, out: Path, mldcn: str) -> None:
     config = ROOT / "configs" / "frappe" / f"{model}_bars.yaml"
     command = [mldcn, "train", "--config", str(config), "--set", f"train.seed={seed}", "--set", "train.progress=false",
                "--out", str(target)]  # fmt: skip
-    if target.exists():  # an interrupted run: continue it
+    if (target / "last.pt").exists():  # an interrupted run: continue it
         command.append("--resume")
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True)
@@ -101,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", required=True, help="configs/frappe/<model>_bars.yaml names")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2021, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path("runs/bars"))
+    parser.add_argument("--out", type=Path, default=Path("results/bars"), help="results/bars: the committed records (results/README.md)")
     parser.add_argument("--report", action="store_true", help="train nothing: summarise the runs in --out")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
