@@ -370,6 +370,9 @@ def test_scale_variants_are_checked():
         scale_config_from_dict({**ONE_RUN, "families": ["bad"], "reference": "bad", "variants": {"bad": {"preset": "mldcn", "layers": 3}}})
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         scale_config_from_dict({**ONE_RUN, "families": ["nope"], "reference": "nope"})
+    # the checks after the families' still run (a sweep's multi-task structure is refused up front)
+    with pytest.raises(ConfigError, match="unknown multitask kind 'moe'"):
+        scale_config_from_dict({**ONE_RUN, "multitask": {"kind": "moe"}})
 
 
 def make_synthetic_dataset():

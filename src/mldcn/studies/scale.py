@@ -109,14 +109,14 @@ class ScaleConfig(Config):
                 raise ConfigError(f"scale.variants: {name!r} is a preset's name; give the variant another")
         for name in self.families:
             self.model(name)
+        if self.multitask is not None:
+            multitask_from_dict(self.multitask, "scale.multitask")
 
     def model(self, name: str) -> ModelConfig:
         """The model config of a family of the sweep: a variant's, or a preset's."""
         if name in self.variants:
             return model_config_from_dict(self.variants[name], f"scale.variants.{name}")
         return get_preset(name)
-        if self.multitask is not None:
-            multitask_from_dict(self.multitask, "scale.multitask")
 
 
 def scale_config_from_dict(data: dict) -> ScaleConfig:
