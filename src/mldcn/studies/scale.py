@@ -37,7 +37,7 @@ from mldcn.models.multitask import multitask_from_dict
 from mldcn.models.registry import create_model, get_family, get_preset, list_models
 from mldcn.studies.plots import plot_auc_vs_flops, plot_scaling
 from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
-from mldcn.studies.scaling import FORMS, RATE, compare_exponents, fit_scaling
+from mldcn.studies.scaling import FORMS, compare_exponents, fit_scaling
 from mldcn.studies.stats import delong, paired_t
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
@@ -324,8 +324,8 @@ def _fit_families(points: dict, reference: str) -> dict:
     fits = {f: fit_scaling(x, y, s, form=form, resamples=1000) for f, (x, y, s) in points.items()}
     rows = []
     for family, fit in fits.items():
-        name = RATE[form]
-        row = {"family": family, "form": form, "rate": fit.rate, "interval": _interval(fit, name),
+        low, high = fit.rate_interval
+        row = {"family": family, "form": form, "rate": fit.rate, "interval": f"[{low:.4g}, {high:.4g}]",
                "aic_power": fit.fits["power"].aic if "power" in fit.fits else float("nan"),
                "aic_loglinear": fit.fits["loglinear"].aic}  # fmt: skip
         if form == "power":
@@ -335,13 +335,6 @@ def _fit_families(points: dict, reference: str) -> dict:
             row.update(vs_reference=comparison.difference, vs_reference_p=comparison.p_value)
         rows.append(row)
     return {"form": form, "rows": rows, "fits": fits}
-
-
-def _interval(fit, name: str) -> str:
-    low, high = fit.intervals[name]
-    if fit.form == "loglinear":  # the rate is -q
-        low, high = -high, -low
-    return f"[{low:.4g}, {high:.4g}]"
 
 
 def render_scaling(laws: dict) -> str:

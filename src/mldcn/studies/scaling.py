@@ -34,8 +34,9 @@ from mldcn.extras import require
 
 Form = Literal["power", "loglinear"]
 FORMS: tuple[Form, ...] = ("power", "loglinear")
-#: the parameter that measures how fast the loss falls, per form (larger: faster)
-RATE = {"power": "b", "loglinear": "q"}
+#: the parameter that measures how fast the loss falls, per form, and its sign: the rate is
+#: b for the power law, −q (the fall per decade) for the log-linear form; larger is faster
+RATE = {"power": ("b", 1.0), "loglinear": ("q", -1.0)}
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,20 @@ class ScalingFit:
     @property
     def rate(self) -> float:
         """How fast the loss falls: the power law's exponent b, or −q (per decade) for the log-linear form."""
-        value = self.params[RATE[self.form]]
-        return value if self.form == "power" else -value
+        name, sign = RATE[self.form]
+        return sign * self.params[name]
+
+    @property
+    def rate_draws(self) -> np.ndarray:
+        """The bootstrap values of :attr:`rate`."""
+        name, sign = RATE[self.form]
+        return sign * self.draws[name]
+
+    @property
+    def rate_interval(self) -> tuple[float, float]:
+        """The percentile interval of :attr:`rate` (NaN with fewer than 2 seeds)."""
+        low, high = self.intervals[RATE[self.form][0]]
+        return (low, high) if RATE[self.form][1] > 0 else (-high, -low)
 
     def predict(self, x) -> np.ndarray:
         return predict(self.form, self.params, np.asarray(x, dtype=float))
@@ -247,9 +260,7 @@ def compare_exponents(a: ScalingFit, b: ScalingFit) -> RateComparison:
     """
     if a.form != b.form:
         raise ValueError(f"the fits use different forms ({a.form}, {b.form}): fit both with one form")
-    name = RATE[a.form]
-    sign = 1.0 if a.form == "power" else -1.0
-    da, db = sign * a.draws[name], sign * b.draws[name]
+    da, db = a.rate_draws, b.rate_draws
     n = min(len(da), len(db))
     if n < 2:
         return RateComparison(a.rate - b.rate, math.nan, math.nan, math.nan)

@@ -317,11 +317,11 @@ def _one_pass(
             "one pass sees each example once"
         )
     at = {max(1, round(steps * k / config.curve_points)) for k in range(1, config.curve_points + 1)}  # steps to score after
-    net, result = optimisation.net, FitResult()
+    result = FitResult()
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, rows since the last point (this rank)
     batches = train.batches(config.batch_size // ctx.world_size, rank=ctx.rank, world_size=ctx.world_size)
     start = time.perf_counter()
-    net.train()
+    optimisation.net.train()
     for step, batch in enumerate(batches, start=1):
         batch = batch.to(device)
         totals[0] += _train_step(optimisation, batch, config.batch_size, config, device, ctx, task_weights)
@@ -331,7 +331,6 @@ def _one_pass(
             reduced = all_reduce_sum(totals, ctx)
             eval_start = time.perf_counter()
             metrics = task_metrics(features, valid, _score_shard(scorer, valid, config, device, ctx), config.group_field)
-            net.train()
             result.train_seconds += seconds
             result.train_examples = step * config.batch_size
             record = {
@@ -393,6 +392,8 @@ def fit(
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     features = model.embedding.features
     _check_against(features, config)
+    if config.examples is not None and resume:
+        raise ConfigError("a one-pass run (train.examples) does not resume: start it again")
     torch.manual_seed(config.seed + ctx.rank)  # dropout masks differ across ranks
     shuffle = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
     optimisation = set_up(model, config, device, ctx)
@@ -403,12 +404,10 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = run_dir is not None
     sharding = config.embedding_sharding  # sharded tables: every rank writes its shards (last.dcp/)
-
-    if config.examples is not None:
-        if resume:
-            raise ConfigError("a one-pass run (train.examples) does not resume: start it again")
-        log = MetricsLog(run_dir, writes, show=config.progress and ctx.is_main, resume=False)
-        scorer = optimisation.net if config.embedding_sharding != "none" else model
+    scorer = optimisation.net if sharding != "none" else model  # sharded lookups need every rank
+    show = config.progress and ctx.is_main
+    if config.examples is not None:  # one pass: no epochs, no checkpoints to restore
+        log = MetricsLog(run_dir, writes, show=show, resume=False)
         return _one_pass(optimisation, scorer, features, train, valid, config, device, ctx, task_weights, log)
 
     state = TrainingState.fresh(model, maximise=config.monitor != "logloss")
@@ -419,10 +418,9 @@ def fit(
             model.load_state_dict(state.best_state)
             return state.result
     result = state.result
-    log = MetricsLog(run_dir, writes, show=config.progress and ctx.is_main, resume=restored)
-    show_bar = config.progress and ctx.is_main and sys.stderr.isatty()  # redirected output: the epoch lines only
+    log = MetricsLog(run_dir, writes, show=show, resume=restored)
+    show_bar = show and sys.stderr.isatty()  # redirected output: the epoch lines only
     fit_start = time.perf_counter() - result.train_seconds
-    scorer = optimisation.net if config.embedding_sharding != "none" else model  # sharded lookups need every rank
 
     for epoch in range(state.epoch + 1, config.epochs + 1):
         start = time.perf_counter()
