@@ -40,8 +40,8 @@ from mldcn.data.schema import CategoricalColumn, DataSchema, NumericColumn, Sequ
 from mldcn.data.source import DataConfig
 from mldcn.data.synthetic import SyntheticConfig
 from mldcn.serve.artifact import load_artifact, save_run_artifact
-from mldcn.serve.batching import Batcher, BatchFailed, StagedInputs
-from mldcn.serve.inputs import IdInputs, RawInputs, RecordError
+from mldcn.serve.batching import Batcher, BatchFailed
+from mldcn.serve.inputs import Codec, IdInputs, RawInputs, RecordError
 from mldcn.serve.predict import TorchBackend, read_probabilities
 from mldcn.serve.server import ForwardError, PredictionService, ServeConfig, create_app
 from mldcn.train.run import RunConfig, run
@@ -116,26 +116,26 @@ def assert_same(expected, got) -> None:
             np.testing.assert_array_equal(a, b)  # NaN-aware, exact
 
 
-def staged_batch(staged: StagedInputs, requests: list) -> list:
+def staged_batch(codec: Codec, requests: list) -> list:
     """Each request's outcome when the requests are checked one by one and the good ones encoded
     as one batch: its own rows of the batch, or its error message."""
     outcomes, parts, owners = [], [], []
     for k, records in enumerate(requests):
         try:
-            parts.append(staged.check(records))
+            parts.append(codec.check(records))
             owners.append(k)
             outcomes.append(None)
         except RecordError as error:
             outcomes.append(str(error))
     if parts:
-        batch, errors = staged.encode(parts)
+        batch, errors = codec.encode(parts)
         start = 0
         for k, part, error in zip(owners, parts, errors):
             if error is not None:
                 outcomes[k] = str(error)
                 continue
-            rows = batch.rows(start, start + staged.rows(part))
-            start += staged.rows(part)
+            rows = batch.rows(start, start + codec.rows(part))
+            start += codec.rows(part)
             outcomes[k] = [None if v is None else v.numpy() for v in rows.inputs()]
     return outcomes
 
@@ -158,12 +158,11 @@ def test_random_requests_batched_get_what_each_gets_alone(toy, ids_run):
     cases.append((ids, [{"c0": 3, "c1": 7, "n0": 0.5}, {"c0": 0, "c1": 1, "n0": -1}, {"c0": 1, "c1": 4, "n0": None}]))
     outcomes = set()
     for codec, good in cases:
-        staged = StagedInputs(codec)
         fields = [f.name for f in codec.fields]
         for _ in range(150):  # three random requests at a time, batched, against each one encoded alone
             requests = [odd_records(rng, fields, good) for _ in range(3)]
             alone = [encoded_or_error(lambda r=r: codec.encode_records(r)) for r in requests]
-            for expected, got in zip(alone, staged_batch(staged, requests)):
+            for expected, got in zip(alone, staged_batch(codec, requests)):
                 assert_same(expected, got)
                 outcomes.add("error" if isinstance(expected, str) else "ok")
     assert outcomes == {"error", "ok"}
@@ -171,13 +170,12 @@ def test_random_requests_batched_get_what_each_gets_alone(toy, ids_run):
 
 def test_a_batch_encodes_as_its_requests_alone_and_refuses_only_an_overflowing_one(toy):
     plain = toy_codecs(toy)[1]
-    staged = StagedInputs(plain)
     requests = [
         [{"user": "u1", "price": 1.5, "genres": "a|b"}, {"user": "zz", "price": None, "genres": ""}],
         [{"user": "u2", "price": "1e39", "genres": "b"}],  # past float32 once encoded
         [{"user": "u2", "price": 3e38, "genres": ["a"]}],
     ]
-    batch, errors = staged.encode([staged.check(r) for r in requests])
+    batch, errors = plain.encode([plain.check(r) for r in requests])
     assert [e is None for e in errors] == [True, False, True]
     assert str(errors[1]) == "record 0, field 'price': '1e39' overflows the model's float32 input 'price'"
     with pytest.raises(RecordError) as alone:

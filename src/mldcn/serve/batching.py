@@ -2,11 +2,11 @@
 
 Two stages, so that a bad request never joins (and never delays) a batch:
 
-1. **Check, per request** (:meth:`StagedInputs.check`): every rule of
+1. **Check, per request** (the codec's ``check``, :class:`mldcn.serve.inputs.Codec`): every rule of
    :mod:`mldcn.serve.inputs` that a record can break on its own — a missing
    field, a wrong type, an infinity, an id out of range — is checked before the
    request is queued; a bad request gets its 422 at once.
-2. **Encode and score, per batch** (:meth:`StagedInputs.encode`, then the
+2. **Encode and score, per batch** (the codec's ``encode``, then the
    model): the checked requests of one batch are encoded in one call (the raw
    preprocessing runs Arrow kernels whose cost is mostly per call: ~0.5 ms for
    one row, ~0.6 ms for 32 rows of Frappe) and scored in one forward pass. The
@@ -35,69 +35,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-import torch
-
-from mldcn.batch import Batch
-from mldcn.serve.inputs import IdInputs, RawInputs, RecordError
+from typing import Generic, TypeVar
 
 logger = logging.getLogger("mldcn.serve")
 
 Part = TypeVar("Part")
 Result = TypeVar("Result")
-
-
-# ---------------------------------------------------------------------------- the two stages of a codec
-
-
-class StagedInputs:
-    """A codec's ``encode_records`` in two stages: :meth:`check` per request, :meth:`encode` per batch.
-
-    ``encode([check(records)])`` gives what ``codec.encode_records(records)``
-    gives, the same :class:`~mldcn.batch.Batch` or the same :class:`RecordError`
-    (tests/test_serve_batching.py compares the two on random hostile records).
-
-    Args:
-        codec: the artifact's :class:`~mldcn.serve.inputs.RawInputs` or
-            :class:`~mldcn.serve.inputs.IdInputs`.
-    """
-
-    def __init__(self, codec: RawInputs | IdInputs) -> None:
-        self.codec = codec
-
-    def check(self, records: list) -> Any:
-        """A request's records, checked: :class:`RecordError` on the first bad one."""
-        if isinstance(self.codec, IdInputs):
-            return self.codec.encode_records(records)  # numpy per record, no per-call cost to save
-        return self.codec.record_texts(records)
-
-    def rows(self, part: Any) -> int:
-        """The number of records of a checked request."""
-        if isinstance(self.codec, IdInputs):
-            return len(part)
-        return len(next(iter(part.values())))
-
-    def encode(self, parts: Sequence[Any]) -> tuple[Batch, list[RecordError | None]]:
-        """Checked requests → the model inputs of their rows, in order, and each request's error.
-
-        A request with an error (a number past float32 after the transform) has
-        no rows in the batch.
-        """
-        if isinstance(self.codec, IdInputs):
-            return _concatenate(list(parts)), [None] * len(parts)
-        return self.codec.encode_texts(list(parts))
-
-
-def _concatenate(batches: list[Batch]) -> Batch:
-    """Batches of the same fields, one after the other."""
-    if len(batches) == 1:
-        return batches[0]
-    columns = zip(*((b.categorical, b.numeric, b.sequence) for b in batches))
-    return Batch(*(None if values[0] is None else torch.cat(values) for values in columns))
 
 
 # ---------------------------------------------------------------------------- the queue

@@ -13,6 +13,13 @@ read from a file (``encode_columns``, ``mldcn predict``) into an
 :class:`~mldcn.batch.Batch` (without labels). A record with a missing field or a value of
 the wrong type raises :class:`RecordError` naming the record and the field.
 
+Records are encoded in two stages (:class:`Codec`), so that the server's
+dynamic batching (:mod:`mldcn.serve.batching`) checks each request on its own
+and encodes the good ones of a batch together: ``check(records)`` applies every
+rule a record can break on its own; ``encode(parts)`` encodes several checked
+requests as one batch and refuses, per request, what shows only once encoded.
+``encode_records(records)`` is the two stages for one request.
+
 JSON values of a raw record become the text a CSV file would hold, so a record
 and the same row of a file are encoded identically: strings as they are, integers
 in decimal (``5`` → ``"5"``), floats in their shortest round-trip form
@@ -148,7 +155,31 @@ def _number_text(value: Any, index: int, field: str) -> str | None:
     return text
 
 
-class RawInputs:
+class Codec:
+    """The two stages of encoding records, shared by both codecs (module docstring)."""
+
+    def check(self, records: list) -> Any:
+        """One request's records, checked: a part for :meth:`encode`, or :class:`RecordError`."""
+        raise NotImplementedError
+
+    def rows(self, part: Any) -> int:
+        """The number of records of a checked request."""
+        raise NotImplementedError
+
+    def encode(self, parts: list) -> tuple[Batch, list[RecordError | None]]:
+        """Checked requests → the model inputs of their rows, in order, and each request's error
+        (a request with an error has no rows in the batch)."""
+        raise NotImplementedError
+
+    def encode_records(self, records: list) -> Batch:
+        """JSON records (``[{field: value}]``) → model inputs; :class:`RecordError` on a bad one."""
+        encoded, errors = self.encode([self.check(records)])
+        if errors[0] is not None:
+            raise errors[0]
+        return encoded
+
+
+class RawInputs(Codec):
     """Raw records or file columns → model inputs, through the training preprocessing.
 
     Args:
@@ -186,15 +217,8 @@ class RawInputs:
         """Columns as the data readers give them (validated) → model inputs."""
         return self.encoder.encode(columns)
 
-    def encode_records(self, records: list) -> Batch:
-        """JSON records (``[{raw column: value}]``) → model inputs; :class:`RecordError` on a bad one."""
-        encoded, errors = self.encode_texts([self.record_texts(records)])
-        if errors[0] is not None:
-            raise errors[0]
-        return encoded
-
-    def record_texts(self, records: list) -> dict[str, list[str | None]]:
-        """Every rule a record can break on its own, checked: each field's texts, or :class:`RecordError`."""
+    def check(self, records: list) -> dict[str, list[str | None]]:
+        """Every rule a raw record can break on its own, checked: each field's texts, or :class:`RecordError`."""
         values: dict[str, list[str | None]] = {f.name: [] for f in self.fields}
         for index, record in enumerate(records):
             if not isinstance(record, dict):
@@ -215,11 +239,14 @@ class RawInputs:
                 values[field.name].append(text)
         return values
 
-    def encode_texts(self, parts: list[dict[str, list]]) -> tuple[Batch, list[RecordError | None]]:
-        """The checked texts of several requests (:meth:`record_texts`) → one encoding of their rows, in
-        order, and each request's error: a number that the schema's transform takes past float32
-        refuses its request, whose rows are left out."""
-        sizes = [len(next(iter(part.values()))) for part in parts]
+    def rows(self, part: dict[str, list]) -> int:
+        return len(next(iter(part.values())))
+
+    def encode(self, parts: list[dict[str, list]]) -> tuple[Batch, list[RecordError | None]]:
+        """The checked texts of several requests → one encoding of their rows, in order, and each
+        request's error: a number that the schema's transform takes past float32 refuses its
+        request, whose rows are left out."""
+        sizes = [self.rows(part) for part in parts]
         starts = np.cumsum([0, *sizes])  # request k holds rows starts[k]:starts[k + 1]
         columns = {f.name: pa.array(list(chain.from_iterable(part[f.name] for part in parts)), pa.string()) for f in self.fields}
         with np.errstate(over="ignore"):  # an overflow of float32 is refused below
@@ -250,7 +277,7 @@ class RawInputs:
         return record
 
 
-class IdInputs:
+class IdInputs(Codec):
     """Records or file columns of already-encoded ids → model inputs.
 
     A categorical field takes an integer id in ``[0, vocab_size)`` (0 is the OOV
@@ -292,7 +319,8 @@ class IdInputs:
             sequence=tuple(SequenceColumn(f.name, max_len=f.max_len) for f in features.sequence),
         )
 
-    def encode_records(self, records: list) -> Batch:
+    def check(self, records: list) -> Batch:
+        """Every id and number checked, per record (numpy: no per-call cost for a batch to save)."""
         features = self._features
         n = len(records)
         categorical = np.zeros((n, len(features.categorical)), dtype=np.int64)
@@ -316,6 +344,16 @@ class IdInputs:
                 ids = [self._id(v, f.vocab_size, 1, index, f.name) for v in value[: f.max_len]]
                 sequence[index, j, : len(ids)] = ids
         return Batch.from_numpy(categorical, numeric, sequence)
+
+    def rows(self, part: Batch) -> int:
+        return len(part)
+
+    def encode(self, parts: list[Batch]) -> tuple[Batch, list[RecordError | None]]:
+        """The checked requests' batches, one after the other (nothing can fail once checked)."""
+        if len(parts) == 1:
+            return parts[0], [None]
+        columns = zip(*((b.categorical, b.numeric, b.sequence) for b in parts))
+        return Batch(*(None if values[0] is None else torch.cat(values) for values in columns)), [None] * len(parts)
 
     @staticmethod
     def _number(value: Any, index: int, field: str) -> float:

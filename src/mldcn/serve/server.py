@@ -73,7 +73,7 @@ from pydantic import BaseModel, Field
 
 from mldcn.config import Config, ConfigError
 from mldcn.serve.artifact import Artifact
-from mldcn.serve.batching import Batcher, BatchFailed, StagedInputs
+from mldcn.serve.batching import Batcher, BatchFailed
 from mldcn.serve.inputs import RecordError, input_codec, json_kind, quoted
 from mldcn.serve.predict import Backend, make_backend, score
 
@@ -176,7 +176,7 @@ _NAN_PROBLEM = "the model's probability is NaN (a number in the record is too la
 class PredictionService:
     """The model, its input codec and backend: records → probabilities (thread-safe).
 
-    Requests are scored in two stages (:class:`~mldcn.serve.batching.StagedInputs`):
+    Requests are scored in two stages (the codec's, :class:`~mldcn.serve.inputs.Codec`):
     :meth:`check` one request's records, then :meth:`score_parts` the checked
     requests of a batch together.
     """
@@ -189,7 +189,6 @@ class PredictionService:
         self.artifact = artifact
         self.config = config
         self.codec = input_codec(artifact.encoder, artifact.features)
-        self.inputs = StagedInputs(self.codec)
         self.backend = backend or make_backend(
             artifact, config.backend, config.precision, config.onnx_path, config.threads
         )
@@ -200,7 +199,7 @@ class PredictionService:
 
     def check(self, records: list) -> Any:
         """One request's records, checked (:class:`RecordError` on a bad one), ready for :meth:`score_parts`."""
-        return self.inputs.check(records)
+        return self.codec.check(records)
 
     def score_parts(self, parts: list, on_failure=None) -> list[np.ndarray | RecordError | ForwardError]:
         """Checked requests → each one's probabilities float32 ``[n, T]``, or its error; never raises.
@@ -226,7 +225,7 @@ class PredictionService:
             return [self.score_parts([part], on_failure)[0] for part in parts]
 
     def _score_parts(self, parts: list) -> list[np.ndarray | RecordError]:
-        batch, errors = self.inputs.encode(parts)
+        batch, errors = self.codec.encode(parts)
         tasks = len(self.tasks)
         probabilities = score(self.backend, batch, self.config.batch_size, tasks) if len(batch) else np.zeros((0, tasks), np.float32)
         results: list[np.ndarray | RecordError] = []
@@ -235,7 +234,7 @@ class PredictionService:
             if error is not None:
                 results.append(error)
                 continue
-            rows = probabilities[start : start + self.inputs.rows(part)]  # [n, T]
+            rows = probabilities[start : start + self.codec.rows(part)]  # [n, T]
             start += len(rows)
             nan = np.flatnonzero(np.isnan(rows).any(axis=1))
             results.append(RecordError(int(nan[0]), None, _NAN_PROBLEM) if nan.size else rows)
