@@ -16,7 +16,7 @@ from mldcn.layers.activation import (
     init_linear,
     make_activation,
 )
-from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops, activation_flops, linear_flops
+from mldcn.layers.flops import ELEMENTWISE, LAYER_NORM, Flops
 from mldcn.layers.mask import InstanceGuidedMask
 
 MASK_KINDS = ("instance", "static", "none")
@@ -70,14 +70,8 @@ class StackedMask(nn.Module):
         m = F.linear(hidden, self.output.weight, self.output.bias)  # [B, mask_dim]  W2 hidden + c2
         return m if self.activation_name == "identity" else self.activation(m)
 
-    def flops(self) -> Flops:
-        # W1's share of the stacked product is counted here, so the total is the unstacked one's
-        return (
-            linear_flops(self.in_dim, self.hidden_dim)
-            + activation_flops("relu", self.hidden_dim)
-            + linear_flops(self.hidden_dim, self.out_dim)
-            + activation_flops(self.activation_name, self.out_dim)
-        )
+    # the unstacked mask's cost, W1's share of the stacked product included, from the same sizes
+    flops = InstanceGuidedMask.flops
 
 
 class MaskedLowRankCrossNet(nn.Module):
