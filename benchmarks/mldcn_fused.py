@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mldcn.data.synthetic import SyntheticClickLog, SyntheticConfig
 from mldcn.models import create_model, get_preset, model_cost
@@ -41,6 +40,7 @@ from mldcn.serve.export import ProbabilityModel, example_inputs, export_onnx
 from mldcn.studies.table import format_table
 from mldcn.train.loop import TrainConfig
 from mldcn.train.optim import dense_optimizer
+from throughput import training_step  # benchmarks/throughput.py, beside this script
 
 MODELS = ("mldcn", "dcnv2_lowrank")
 BASELINE = "dcnv2_lowrank"
@@ -73,27 +73,12 @@ def alternating(steps: dict, calls: int, repeats: int, warmup: int) -> dict:
 
 
 def train_rates(models: dict, train, args, precision: str, compiled: bool) -> dict:
-    bf16 = precision == "bf16"
-    generator = torch.Generator().manual_seed(0)
-    loss_fn = nn.BCEWithLogitsLoss()
     steps = {}
-    for name, model in models.items():
+    for seed, (name, model) in enumerate(models.items()):
         model.train()
         net = torch.compile(model) if compiled else model
         optimizer = dense_optimizer(list(model.parameters()), TrainConfig())  # the library's Adam (fused)
-
-        def step(model=model, net=net, optimizer=optimizer) -> None:
-            index = torch.randint(0, len(train), (args.batch_size,), generator=generator)
-            batch = train.take(index)
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                logits = net(*batch.inputs())
-            loss = loss_fn(logits.float(), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-
-        steps[name] = step
+        steps[name] = training_step(model, optimizer, train, args.batch_size, precision, net, seed=seed)
     seconds = alternating(steps, args.steps, args.repeats, warmup=5 if compiled else 3)
     return {name: args.batch_size / s for name, s in seconds.items()}
 

@@ -21,7 +21,6 @@ import time
 from collections import defaultdict
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mldcn.data.synthetic import SyntheticClickLog, SyntheticConfig
@@ -29,6 +28,7 @@ from mldcn.models import create_model, get_preset
 from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig
 from mldcn.studies.table import format_table
+from throughput import training_step  # benchmarks/throughput.py, beside this script
 
 MODELS = ("mldcn", "dcnv2_lowrank")
 GROUPS = {
@@ -61,7 +61,6 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bf16 = args.precision == "bf16"
     log = SyntheticClickLog(SyntheticConfig())
     train, _ = log.split(0, 32_768)
     features = log.features
@@ -74,18 +73,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(config, features)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **impl)
-        loss_fn = nn.BCEWithLogitsLoss()
-        generator = torch.Generator().manual_seed(0)
-
-        def step() -> None:
-            batch = train.take(torch.randint(0, len(train), (args.batch_size,), generator=generator))
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                logits = model(*batch.inputs())
-            loss = loss_fn(logits.float(), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
+        step = training_step(model, optimizer, train, args.batch_size, args.precision)
 
         for _ in range(5):
             step()

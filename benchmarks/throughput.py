@@ -90,6 +90,29 @@ def matmul_peak(precision: str, device: torch.device) -> float:
     return 2 * size**3 / best
 
 
+def training_step(model: nn.Module, optimizer, pool, batch_size: int, precision: str, net: nn.Module | None = None, seed: int = 0):
+    """One timed training step as a closure: a random batch of ``batch_size`` rows drawn from
+    ``pool`` (on its device), forward through ``net`` (``model``, or ``model`` compiled) under
+    bf16 autocast for ``bf16``, BCE, backward, gradient clipping at 10, ``optimizer.step()``.
+    Shared by the benchmarks that time training steps."""
+    net = model if net is None else net
+    device = pool.categorical.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def step() -> None:
+        batch = pool.take(torch.randint(0, len(pool), (batch_size,), generator=generator, device=device))
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            logits = net(*batch.inputs())
+        loss = loss_fn(logits.float(), batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+
+    return step
+
+
 def measure(name, config, features, pool, args, device, precision: str, compiled: bool) -> dict:
     """One model's training and inference rates (``pool``: batches are drawn from it, on ``device``)."""
     bf16 = precision == "bf16"
@@ -98,19 +121,7 @@ def measure(name, config, features, pool, args, device, precision: str, compiled
     cost = model_cost(model)
     net = torch.compile(model) if compiled else model
     optimizer = dense_optimizer(list(model.parameters()), TrainConfig())  # the library's Adam (fused)
-    loss_fn = nn.BCEWithLogitsLoss()
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    def train_step() -> None:
-        index = torch.randint(0, len(pool), (args.batch_size,), generator=generator, device=device)
-        batch = pool.take(index)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            logits = net(*batch.inputs())
-        loss = loss_fn(logits.float(), batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+    train_step = training_step(model, optimizer, pool, args.batch_size, precision, net)
 
     infer_batch = pool.rows(0, args.infer_batch_size)
 
