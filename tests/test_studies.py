@@ -376,6 +376,6 @@ def test_scale_variants_are_checked():
 
 
 def make_synthetic_dataset():
-    from mldcn.data.source import DataConfig, load_data
+    from mldcn.data.source import load_data
 
     return load_data(scale_config_from_dict(ONE_RUN).data)

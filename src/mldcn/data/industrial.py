@@ -642,7 +642,7 @@ class IndustrialClickLog:
         x is never assembled: the categorical slots are one gather times their weights,
         the numeric and pooled multi-valued blocks another product.
         """
-        n, k = categorical.shape[0], self.config.teacher_dim
+        n = categorical.shape[0]
         out = None
         if self._cat_weights is not None:
             index = categorical + self._cat_offsets  # [n, Fc] int32: rows of the table fields

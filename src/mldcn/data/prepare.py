@@ -531,7 +531,7 @@ def _serve() -> None:
             answer = (False, error, traceback.format_exc())
         try:
             results.send(answer)
-        except Exception as error:  # noqa: BLE001  (an error that cannot be pickled)
+        except Exception:  # noqa: BLE001  (an error that cannot be pickled)
             results.send((False, RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}"), traceback.format_exc()))
 
 

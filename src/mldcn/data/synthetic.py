@@ -48,7 +48,6 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from mldcn.batch import Batch
 from mldcn.config import Config, ConfigError
