@@ -46,13 +46,15 @@ def leaderboard() -> dict[str, tuple[float, float]]:
         return {row["Model"]: (float(row["AUC"]), float(row["Logloss"])) for row in csv.DictReader(f)}
 
 
-def run_one(model: str, seed: int, out: Path, mldcn: str) -> None:
+def run_one(model: str, seed: int, out: Path, mldcn: str, threads: int | None) -> None:
     target = out / f"{model}-{seed}"
     if (target / "result.json").exists():
         return
     config = ROOT / "configs" / "frappe" / f"{model}_bars.yaml"
     command = [mldcn, "train", "--config", str(config), "--set", f"train.seed={seed}", "--set", "train.progress=false",
                "--out", str(target)]  # fmt: skip
+    if threads:
+        command += ["--set", f"train.threads={threads}"]
     if (target / "last.pt").exists():  # an interrupted run: continue it
         command.append("--resume")
     start = time.perf_counter()
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", required=True, help="configs/frappe/<model>_bars.yaml names")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2021, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("results/bars"), help="results/bars: the committed records (results/README.md)")
+    parser.add_argument("--threads", type=int, help="torch threads a run (default: torch's); may change on resume")
     parser.add_argument("--report", action="store_true", help="train nothing: summarise the runs in --out")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
@@ -109,7 +112,7 @@ def main() -> None:
     if not args.report:
         for seed in args.seeds:  # seed-major: every model gets its first seed before any its third
             for model in args.models:
-                run_one(model, seed, args.out, mldcn)
+                run_one(model, seed, args.out, mldcn, args.threads)
     rows = summary(args.models, args.seeds, args.out)
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells)
