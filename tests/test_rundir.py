@@ -158,7 +158,10 @@ def test_ctrl_c_during_training_says_where_the_checkpoint_is(tmp_path):
         "--set", "train.patience=1000", "--set", "data.synthetic.train_rows=20000",
         "--set", "data.synthetic.valid_rows=1000", "--set", "data.synthetic.test_rows=1000", "--out", str(out),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child, whoever started the tests: a shell starting them in the
+    # background (`pytest &`) leaves SIGINT ignored, children inherit that, and Python keeps it
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out / "last.pt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
