@@ -163,3 +163,58 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
 
 def _pm(values) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+# ---------------------------------------------------------------------------- the defaults rule
+
+
+def cell_ranks(valid_auc: dict[str, list[float]]) -> dict[str, float]:
+    """Ranks of the variants in one (data set, budget) cell, 1 = best, as docs/design-decisions.md's rule says.
+
+    ``valid_auc`` maps each variant to its validation AUC per seed, the seeds in
+    the same order for every variant (paired). Variants are ordered by mean AUC;
+    walking down from the best, a variant joins the current group when its paired
+    difference from the group's first member has a mean within one standard error
+    (sd / √n) of zero, else it starts a new group. A group shares the mean of its
+    positions.
+    """
+    lengths = {len(v) for v in valid_auc.values()}
+    if len(lengths) != 1 or lengths.pop() < 2:
+        raise ValueError("every variant needs the same seeds, at least two")
+    order = sorted(valid_auc, key=lambda name: statistics.fmean(valid_auc[name]), reverse=True)
+    groups: list[list[str]] = []
+    for name in order:
+        if groups:
+            differences = [a - b for a, b in zip(valid_auc[groups[-1][0]], valid_auc[name])]
+            error = statistics.stdev(differences) / len(differences) ** 0.5
+            if abs(statistics.fmean(differences)) <= error:
+                groups[-1].append(name)
+                continue
+        groups.append([name])
+    ranks, position = {}, 1
+    for group in groups:
+        shared = position + (len(group) - 1) / 2
+        ranks.update(dict.fromkeys(group, shared))
+        position += len(group)
+    return ranks
+
+
+def rule_scores(votes: dict[str, list[dict[str, list[float]]]]) -> dict[str, dict]:
+    """Each variant's score under the rule: the mean over votes of its vote's rank (the mean of the vote's cells).
+
+    ``votes`` maps each vote (data set) to its cells (budgets), each cell as
+    :func:`cell_ranks` takes it. Per variant: ``score``, and per vote ``rank`` and
+    ``auc`` (the mean over the vote's cells of the mean validation AUC).
+    """
+    scores: dict[str, dict] = {}
+    for vote, cells in votes.items():
+        ranked = [cell_ranks(cell) for cell in cells]
+        for name in cells[0]:
+            entry = scores.setdefault(name, {"votes": {}})
+            entry["votes"][vote] = {
+                "rank": statistics.fmean(r[name] for r in ranked),
+                "auc": statistics.fmean(statistics.fmean(cell[name]) for cell in cells),
+            }
+    for entry in scores.values():
+        entry["score"] = statistics.fmean(v["rank"] for v in entry["votes"].values())
+    return scores
