@@ -1,0 +1,119 @@
+"""Read the defaults rule's ablations and apply the rule (docs/design-decisions.md): per-vote ranks, scores, one decision per axis.
+
+    .venv/bin/python benchmarks/defaults_rule.py \\
+        --vote frappe runs/ablate/frappe_80k runs/ablate/frappe_320k \\
+        --vote adult_income runs/ablate/adult_income_50k runs/ablate/adult_income_200k \\
+        --vote adult_never_married runs/ablate/adult_never_married_50k runs/ablate/adult_never_married_200k \\
+        --vote industrial runs/ablate/industrial_150k runs/ablate/industrial_600k \\
+        --vote synthetic runs/ablate/synthetic_150k runs/ablate/synthetic_600k
+
+Each ``--vote NAME DIR [DIR ...]`` names a data set and the ``mldcn ablate``
+output folders of its budgets (one cell each). From each folder's
+``results.jsonl`` it takes every run's **validation** AUC (the mean over the
+tasks), keyed by variant and seed; test AUC is printed beside it and never
+read by the rule. A variant missing a seed in a cell is an error, not dropped.
+
+The decision, one axis at a time: the axis's best-scoring option is compared
+with the simpler option of the axis (the default, except for LayerNorm, where
+no LayerNorm is the simpler). The other option wins only if its score is
+better *and* its validation AUC is above the simpler option's in at least 3
+of the votes (of 5); otherwise the simpler option stays or wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from mldcn.studies.ablate import VARIANTS, rule_scores
+
+#: axis → its options (variant names); the first is the simpler one
+AXES = {
+    "mask kind": ["default", "no_mask", "static_mask"],
+    "mask source": ["default", "source_x0"],
+    "mask site": ["default", "site_input", "site_output"],
+    "mask activation g": ["default", "g_sigmoid", "g_2sigmoid", "g_softplus"],
+    "mask width t / r": ["default", "hidden_ratio_0.5", "hidden_ratio_2"],
+    "mask sharing": ["default", "shared_mask"],
+    "LayerNorm": ["layer_norm_none", "default"],
+}
+WINS_NEEDED = 3
+
+
+def read_cell(folder: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Validation and test AUC per variant, over the seeds in sorted order."""
+    path = folder / "results.jsonl"
+    if not path.exists():
+        sys.exit(f"{path}: no such file (run the ablation first)")
+    valid: dict[str, dict[int, float]] = {}
+    test: dict[str, dict[int, float]] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                variant, seed = record["key"].split("|seed=")
+                valid.setdefault(variant, {})[int(seed)] = record["valid_auc"]
+                test.setdefault(variant, {})[int(seed)] = record["test_auc"]
+            except (json.JSONDecodeError, KeyError, ValueError) as error:
+                sys.exit(f"{path}, line {number}: not an ablation record ({error})")
+    seeds = sorted(set().union(*(v.keys() for v in valid.values())))
+    missing = [f"{variant} seed {s}" for variant, runs in valid.items() for s in seeds if s not in runs]
+    if missing:
+        sys.exit(f"{folder}: runs missing ({', '.join(missing)}); finish the ablation first")
+    return ({v: [runs[s] for s in seeds] for v, runs in valid.items()}, {v: [runs[s] for s in seeds] for v, runs in test.items()})
+
+
+def decide(scores: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(axis, chosen option, why) for each axis whose options were all run."""
+    decisions = []
+    for axis, options in AXES.items():
+        if not all(o in scores for o in options):
+            decisions.append((axis, "–", f"not decided: {[o for o in options if o not in scores]} not run"))
+            continue
+        simple, challenger = options[0], min(options[1:], key=lambda o: scores[o]["score"])
+        votes = scores[simple]["votes"]
+        wins = sum(scores[challenger]["votes"][v]["auc"] > votes[v]["auc"] for v in votes)
+        better = scores[challenger]["score"] < scores[simple]["score"]
+        why = (f"{challenger}: score {scores[challenger]['score']:.2f} vs {scores[simple]['score']:.2f}, "
+               f"validation AUC above in {wins} of {len(votes)} votes")  # fmt: skip
+        chosen = challenger if better and wins >= WINS_NEEDED else simple
+        if chosen == "no_mask":  # the rule: without its mask the model is DCNv2 low-rank
+            chosen, why = simple, why + "; no mask won, so the preset keeps its mask and the docs say the mask did not pay"
+        decisions.append((axis, chosen, why))
+    return decisions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vote", nargs="+", action="append", required=True, metavar=("NAME", "DIR"))
+    args = parser.parse_args()
+    votes, tests = {}, {}
+    for name, *folders in args.vote:
+        if not folders:
+            sys.exit(f"--vote {name}: name its ablation folders")
+        cells = [read_cell(Path(folder)) for folder in folders]
+        votes[name] = [valid for valid, _ in cells]
+        tests[name] = [test for _, test in cells]
+        variants = [set(cell) for cell in votes[name]]
+        if any(v != variants[0] for v in variants):
+            sys.exit(f"--vote {name}: its folders ran different variants")
+    scores = rule_scores(votes)
+    names = sorted(scores, key=lambda n: scores[n]["score"])
+    header = ["variant", "score"] + [f"{v} rank / valid AUC / test AUC" for v in votes]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for n in names:
+        cells = [f"{scores[n]['votes'][v]['rank']:.1f} / {scores[n]['votes'][v]['auc']:.4f} / "
+                 f"{statistics.fmean(statistics.fmean(c[n]) for c in tests[v]):.4f}" for v in votes]  # fmt: skip
+        print(f"| {n} | {scores[n]['score']:.2f} | " + " | ".join(cells) + " |")
+    print()
+    for axis, chosen, why in decide(scores):
+        change = ", ".join(f"{k}={v}" for k, v in VARIANTS.get(chosen, {}).items()) or "(the preset's option)"
+        print(f"- {axis}: **{chosen}** [{change}] — {why}")
+
+
+if __name__ == "__main__":
+    main()
