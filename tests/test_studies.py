@@ -155,6 +155,15 @@ def test_scale_sweep_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     again = run_scale(config, tmp_path, echo=lambda _: None)
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(results)
     assert [r["auc_mean"] for r in again["rows"]] == [r["auc_mean"] for r in summary["rows"]]
+    # resumed where one run's predictions are missing (records committed without them): the paired
+    # t-test stays, DeLong is left blank for that pair only
+    assert all("delong_p" in s for s in summary["significance"])
+    rival = next(r for r in results if r["family"] == "dcnv2_lowrank" and r["budget"] == 20000 and r["seed"] == 0
+                 and r["lr"] == next(x["lr"] for x in summary["rows"] if x["family"] == "dcnv2_lowrank" and x["budget"] == 20000))
+    (tmp_path / rival["predictions"]).unlink()
+    partial = run_scale(config, tmp_path, echo=lambda _: None)
+    assert [("delong_p" in s, s["budget"]) for s in partial["significance"]] == [(False, 20000), (True, 60000)]
+    assert [s["paired_p"] for s in partial["significance"]] == [s["paired_p"] for s in summary["significance"]]
 
 
 ONE_RUN = {

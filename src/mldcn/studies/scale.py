@@ -245,12 +245,10 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
                     "ci": f"[{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]",
                     "paired_p": paired.p_value,
                 }
-                if labels is not None:
-                    test = delong(
-                        labels[:, t],
-                        _by_task(np.load(out_dir / ref_runs[0]["predictions"]))[:, t],
-                        _by_task(np.load(out_dir / rival_runs[0]["predictions"]))[:, t],
-                    )
+                files = [out_dir / ref_runs[0]["predictions"], out_dir / rival_runs[0]["predictions"]]
+                if labels is not None and all(f.exists() for f in files):  # a record without its predictions (a sweep
+                    # resumed elsewhere without them): the paired t-test only
+                    test = delong(labels[:, t], *(_by_task(np.load(f))[:, t] for f in files))
                     entry.update(delong_difference=test.difference, delong_z=test.z, delong_p=test.p_value)
                 entry["verdict"] = _verdict(config.reference, rival, entry)
                 significance.append(entry)
@@ -399,7 +397,7 @@ def render_summary(config: ScaleConfig, rows, significance, plots, name: str | N
         ("ci", "95% CI"),
         ("paired_p", "paired t p"),
     ]
-    if significance and "delong_p" in significance[0]:
+    if any("delong_p" in entry for entry in significance):  # blank where a run's predictions are missing
         sig_columns += [("delong_difference", "AUC diff (first seed)"), ("delong_z", "DeLong z"), ("delong_p", "DeLong p")]
     sig_columns.append(("verdict", "verdict"))
     lines = [
