@@ -92,13 +92,10 @@ register_model(
     ModelConfig("dcnv2", CrossConfig(), head=HeadConfig(structure="stacked")),
     "DCNv2 full-rank cross stacked under a 400x3 DNN",
 )
+#: BARS DCNv2_frappe_x1's DNN, which the GDCN and ML-DCN Frappe presets take too (like for like)
+FRAPPE_BARS_HEAD = HeadConfig(structure="parallel", hidden=(400, 400, 400), dropout=0.4, batch_norm=True)
 register_model(
     "dcnv2_frappe_bars",
-    ModelConfig(
-        "dcnv2",
-        CrossConfig(num_layers=4),
-        embedding_dim=10,
-        head=HeadConfig(structure="parallel", hidden=(400, 400, 400), dropout=0.4, batch_norm=True),
-    ),
+    ModelConfig("dcnv2", CrossConfig(num_layers=4), embedding_dim=10, head=FRAPPE_BARS_HEAD),
     "BARS DCNv2_frappe_x1 settings (4 full-rank layers, DNN 400x3, BN, dropout 0.4, D=10)",
 )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mldcn.config import Config
 from mldcn.layers.gdcn import GatedCrossNet
 from mldcn.models.config import HeadConfig, ModelConfig
+from mldcn.models.dcnv2 import FRAPPE_BARS_HEAD
 from mldcn.models.registry import options, register_family, register_model
 
 
@@ -57,7 +58,7 @@ register_model(
         "gdcn",
         GatedCrossConfig(num_layers=4),
         embedding_dim=10,
-        head=HeadConfig(structure="parallel", hidden=(400, 400, 400), dropout=0.4, batch_norm=True),
+        head=FRAPPE_BARS_HEAD,
     ),
     "GDCN-P with BARS's DCNv2_frappe_x1 settings (4 gated layers, DNN 400x3, BN, dropout 0.4, D=10)",
 )

@@ -8,6 +8,7 @@ from typing import Literal
 from mldcn.config import Config
 from mldcn.layers.mldcn import MaskedLowRankCrossNet
 from mldcn.models.config import HeadConfig, ModelConfig
+from mldcn.models.dcnv2 import FRAPPE_BARS_HEAD
 from mldcn.models.multitask import MMoEConfig, PLEConfig, SharedBottomConfig
 from mldcn.models.registry import options, register_family, register_model
 
@@ -75,7 +76,7 @@ register_model(
         "mldcn",
         MLDCNConfig(num_layers=4, rank=30, layer_norm="none"),
         embedding_dim=10,
-        head=HeadConfig(structure="parallel", hidden=(400, 400, 400), dropout=0.4, batch_norm=True),
+        head=FRAPPE_BARS_HEAD,
     ),
     "ML-DCN with the BARS DCNv2_frappe_x1 head and recipe (4 layers, r=t=30, no LayerNorm, D=10)",
 )
