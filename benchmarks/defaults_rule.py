@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from mldcn.studies.ablate import VARIANTS, rule_scores
+from mldcn.studies.runner import load_results
 
 #: axis → its options (variant names); the first is the simpler one
 AXES = {
@@ -46,24 +47,23 @@ WINS_NEEDED = 3
 def read_cell(folder: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Validation and test AUC per variant, over the seeds in sorted order."""
     path = folder / "results.jsonl"
-    if not path.exists():
-        sys.exit(f"{path}: no such file (run the ablation first)")
-    valid: dict[str, dict[int, float]] = {}
-    test: dict[str, dict[int, float]] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            try:
-                record = json.loads(line)
-                variant, seed = record["key"].split("|seed=")
-                valid.setdefault(variant, {})[int(seed)] = record["valid_auc"]
-                test.setdefault(variant, {})[int(seed)] = record["test_auc"]
-            except (json.JSONDecodeError, KeyError, ValueError) as error:
-                sys.exit(f"{path}, line {number}: not an ablation record ({error})")
-    seeds = sorted(set().union(*(v.keys() for v in valid.values())))
-    missing = [f"{variant} seed {s}" for variant, runs in valid.items() for s in seeds if s not in runs]
+    try:
+        records = list(load_results(folder).values())
+        runs = {(r["variant"], r["seed"]): r for r in records}
+    except (json.JSONDecodeError, KeyError) as error:
+        sys.exit(f"{path}: not an ablation's records ({error})")
+    if not records:
+        sys.exit(f"{path}: no runs (run the ablation first)")
+    variants = list(dict.fromkeys(variant for variant, _ in runs))  # in the ablation's order
+    seeds = sorted({seed for _, seed in runs})
+    missing = [f"{v} seed {s}" for v in variants for s in seeds if (v, s) not in runs]
     if missing:
         sys.exit(f"{folder}: runs missing ({', '.join(missing)}); finish the ablation first")
-    return ({v: [runs[s] for s in seeds] for v, runs in valid.items()}, {v: [runs[s] for s in seeds] for v, runs in test.items()})
+
+    def per_seed(metric: str) -> dict[str, list[float]]:
+        return {v: [runs[v, s][metric] for s in seeds] for v in variants}
+
+    return per_seed("valid_auc"), per_seed("test_auc")
 
 
 def decide(scores: dict[str, dict]) -> list[tuple[str, str, str]]:

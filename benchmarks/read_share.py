@@ -4,7 +4,7 @@
 
 On the industrial-shape log of ``configs/scale/industrial_onepass.yaml`` (its
 schema, head, batch and sparse-Adam tables; ``--rows`` training rows), it times,
-in turns and each the best of ``--repeats``:
+each the best of ``--repeats``:
 
 * **read**: iterating the split's batches of 2,048 in order, as one-pass
   training does (``Split.batches``), with nothing else;
@@ -22,14 +22,16 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-import yaml
+import dataclasses
 
-from mldcn.data.industrial import IndustrialConfig, make_industrial
+import torch
+
+from mldcn.config import load_yaml
+from mldcn.data.industrial import make_industrial
 from mldcn.models import create_model, get_preset
 from mldcn.models.budget import match_budget
-from mldcn.models.config import HeadConfig
-from mldcn.train.loop import TrainConfig, fit
+from mldcn.studies.scale import scale_config_from_dict
+from mldcn.train.loop import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,10 +44,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    sweep = yaml.safe_load((ROOT / "configs" / "scale" / "industrial_onepass.yaml").read_text())
-    batch_size = sweep["train"]["batch_size"]
-    data = make_industrial(IndustrialConfig(train_rows=args.rows, valid_rows=1_000, test_rows=1_000))
+    sweep = scale_config_from_dict(load_yaml(ROOT / "configs" / "scale" / "industrial_onepass.yaml"))
+    batch_size = sweep.train.batch_size
+    data = make_industrial(dataclasses.replace(sweep.data.industrial, train_rows=args.rows, valid_rows=1_000, test_rows=1_000))
     train = data.train
+    # the sweep's recipe over every whole batch of the rows, the validation split scored once
+    train_config = dataclasses.replace(sweep.train, examples=len(train) // batch_size * batch_size, curve_points=1, threads=1)
 
     def read() -> None:
         for _ in train.batches(batch_size):
@@ -63,10 +67,7 @@ def main() -> None:
     print("family          budget  read ms  train s  read share")
     for family in args.families:
         for budget in args.budgets:
-            head = HeadConfig(**sweep["head"])
-            config = match_budget(get_preset(family).replace(embedding_dim=sweep["embedding_dim"], head=head), data.features, budget)
-            train_config = TrainConfig(batch_size=batch_size, examples=len(train) // batch_size * batch_size, curve_points=1,
-                                       embedding_optimizer=sweep["train"]["embedding_optimizer"], progress=False)  # fmt: skip
+            config = match_budget(get_preset(family).replace(embedding_dim=sweep.embedding_dim, head=sweep.head), data.features, budget)
 
             def one_pass() -> float:
                 torch.manual_seed(0)

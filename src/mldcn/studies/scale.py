@@ -245,9 +245,9 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
                     "ci": f"[{paired.ci_low:+.4f}, {paired.ci_high:+.4f}]",
                     "paired_p": paired.p_value,
                 }
+                # a run recorded without its predictions (a sweep resumed elsewhere): the paired t-test only
                 files = [out_dir / ref_runs[0]["predictions"], out_dir / rival_runs[0]["predictions"]]
-                if labels is not None and all(f.exists() for f in files):  # a record without its predictions (a sweep
-                    # resumed elsewhere without them): the paired t-test only
+                if labels is not None and all(f.exists() for f in files):
                     test = delong(labels[:, t], *(_by_task(np.load(f))[:, t] for f in files))
                     entry.update(delong_difference=test.difference, delong_z=test.z, delong_p=test.p_value)
                 entry["verdict"] = _verdict(config.reference, rival, entry)
