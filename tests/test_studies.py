@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import subprocess
 import sys
 import threading
@@ -350,6 +351,19 @@ def test_one_pass_scale_sweep_fits_scaling_laws(tmp_path):
     assert "## Scaling law: test logloss against interaction FLOPs" in text
     assert "held-out logloss against examples seen at 60,000 FLOPs" in text
     assert (tmp_path / "loss_vs_flops.png").stat().st_size > 1000
+    # the learning-curve table: for each family and budget, the fall of the held-out logloss
+    # over the second half of the pass (from the first point at 1,024 examples or later: 1,536)
+    # and over the last tenth (the last two points), by hand from the records
+    rows = {(row["family"], row["budget"]): row for row in summary["curves"]["rows"]}
+    assert len(rows) == 2 * 3
+    for family in ("mldcn", "dcnv2_lowrank"):
+        curves = [[p["valid_logloss"] for p in r["curve"]] for r in results if r["family"] == family and r["budget"] == 20000]
+        falls = [c[1] - c[2] for c in curves]
+        mean, std = statistics.fmean(falls), statistics.stdev(falls)
+        assert rows[family, 20000]["fall_second_half"] == f"{mean:.5f} ± {std:.5f}" == rows[family, 20000]["fall_last_tenth"]
+        assert rows[family, 20000]["last"] == f"{statistics.fmean(c[2] for c in curves):.4f} ± {statistics.stdev(c[2] for c in curves):.4f}"
+    assert "## Learning curves" in text
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
 
 
 def test_scale_sweeps_a_variant_with_non_default_options_beside_its_preset(tmp_path):

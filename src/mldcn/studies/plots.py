@@ -8,9 +8,10 @@ from pathlib import Path
 from mldcn.files import atomic_path
 
 
-def _plot(path: str | Path, title: str, xlabel: str, ylabel: str, draw: Callable) -> Path | None:
-    """One figure on a log-scale x axis: ``draw(ax)`` draws it, then it is saved as a PNG
-    (atomically). None when matplotlib is not installed."""
+def _plot(path: str | Path, title: str, xlabel: str, ylabel: str, draw: Callable, panels: int = 1) -> Path | None:
+    """One figure of ``panels`` side-by-side axes sharing a log-scale x and a y axis:
+    ``draw(ax)`` draws a single axes, ``draw(axes)`` a list of them; then it is saved as a
+    PNG (atomically). None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -18,15 +19,17 @@ def _plot(path: str | Path, title: str, xlabel: str, ylabel: str, draw: Callable
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    draw(ax)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short span
-    ax.set_xlabel(f"{xlabel} (log scale)")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
+    fig, axes = plt.subplots(1, panels, figsize=(7 if panels == 1 else 3.6 * panels, 4.5), dpi=120, sharex=True, sharey=True, squeeze=False)
+    axes = list(axes[0])
+    draw(axes[0] if panels == 1 else axes)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a short span
+        ax.set_xlabel(f"{xlabel} (log scale)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title) if panels > 1 else axes[0].set_title(title)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -76,3 +79,21 @@ def plot_scaling(points: dict, fits: dict, path: str | Path, title: str = "", xl
         ax.legend(fontsize=7)
 
     return _plot(path, title, xlabel, "held-out logloss", draw)
+
+
+def plot_learning_curves(curves: dict, path: str | Path, title: str = "") -> Path | None:
+    """Held-out logloss against examples seen, one panel per budget and one line per family.
+
+    ``curves``: ``{budget: {family: (examples, mean logloss over seeds)}}``.
+    Returns the PNG path, or None when matplotlib is not installed.
+    """
+
+    def draw(axes) -> None:
+        axes = axes if isinstance(axes, list) else [axes]
+        for ax, (budget, families) in zip(axes, curves.items()):
+            for family, (x, y) in families.items():
+                ax.plot(x, y, marker=".", label=family)
+            ax.set_title(f"{budget:,.0f} FLOPs", fontsize=9)
+        axes[0].legend(fontsize=7)
+
+    return _plot(path, title, "examples seen", "held-out logloss (mean over seeds)", draw, panels=len(curves))

@@ -11,6 +11,9 @@ the embedding regulariser, run on the first seed and chosen on validation AUC
                                    paired t-tests over seeds and DeLong tests (first seed)
                                    of the reference family against each rival, latency
     auc_vs_flops.png               test AUC against interaction FLOPs, one line per family
+    loss_vs_flops.png              (3 budgets or more) the scaling law per family, fitted
+    loss_vs_examples.png           (one pass) held-out logloss against examples seen, fitted
+    learning_curves.png            (one pass) the learning curves, a panel per budget
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from mldcn.models.budget import match_budget
 from mldcn.models.config import HeadConfig, ModelConfig, model_config_from_dict
 from mldcn.models.multitask import multitask_from_dict
 from mldcn.models.registry import create_model, get_family, get_preset, list_models
-from mldcn.studies.plots import plot_auc_vs_flops, plot_scaling
+from mldcn.studies.plots import plot_auc_vs_flops, plot_learning_curves, plot_scaling
 from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
 from mldcn.studies.scaling import FORMS, compare_exponents, fit_scaling
 from mldcn.studies.stats import delong, paired_t
@@ -254,7 +257,8 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
                 significance.append(entry)
     name = name or config.data.source
     laws = scaling_laws(config, models, chosen, results, out_dir, name)
-    summary = {"rows": rows, "significance": significance, "reference": config.reference, "tasks": list(tasks), "scaling": laws}
+    curves = learning_curves(config, chosen, results, out_dir, name)
+    summary = {"rows": rows, "significance": significance, "reference": config.reference, "tasks": list(tasks), "scaling": laws, "curves": curves}
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2))
     if several:
         plots = [
@@ -267,7 +271,7 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
         ]
     else:
         plots = [plot_auc_vs_flops(rows, out_dir / "auc_vs_flops.png", title=f"{name} — matched interaction FLOPs")]
-    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plots, name, tasks) + render_scaling(laws))
+    write_text_atomic(out_dir / "summary.md", render_summary(config, rows, significance, plots, name, tasks) + render_scaling(laws) + render_curves(curves))
     return summary
 
 
@@ -314,6 +318,41 @@ def scaling_laws(config, models, chosen, results, out_dir: Path, name: str) -> d
     return laws
 
 
+def learning_curves(config, chosen, results, out_dir: Path, name: str) -> dict:
+    """One-pass runs: is the held-out logloss still falling when the pass ends? Per family and
+    budget, the logloss at the first and last points of the curve and its fall over the second
+    half and the last tenth of the pass (mean ± std over seeds), and a plot of the curves
+    (mean over seeds). Empty when the runs have no curves (epoch training)."""
+    rows, plotted = [], {}
+    for budget in config.budgets:
+        for family in config.families:
+            runs = [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
+            if not all(r.get("curve") for r in runs):
+                return {}
+            losses = np.array([[p["valid_logloss"] for p in r["curve"]] for r in runs])  # seeds × points
+            examples = np.array([p["examples"] for p in runs[0]["curve"]], dtype=float)
+            half = int(np.searchsorted(examples, examples[-1] / 2))  # the first point at half the pass or later
+            rows.append({"family": family, "budget": budget, "examples": int(examples[-1]),
+                         "first": _pm(losses[:, 0]), "last": _pm(losses[:, -1]),
+                         "fall_second_half": _pm(losses[:, half] - losses[:, -1], 5),
+                         "fall_last_tenth": _pm(losses[:, -2] - losses[:, -1], 5)})  # fmt: skip
+            plotted.setdefault(budget, {})[family] = (examples, losses.mean(axis=0))
+    plot = plot_learning_curves(plotted, out_dir / "learning_curves.png", title=f"{name} — one pass: held-out logloss against examples seen")
+    return {"rows": rows, "plot": None if plot is None else plot.name}
+
+
+def render_curves(curves: dict) -> str:
+    if not curves:
+        return ""
+    columns = [("family", "family"), ("budget", "budget"), ("examples", "examples"), ("first", "held-out logloss, first point"),
+               ("last", "at the end"), ("fall_second_half", "fall over the second half"), ("fall_last_tenth", "fall over the last tenth")]  # fmt: skip
+    lines = ["## Learning curves", "", "Held-out (validation) logloss along the one pass, mean ± std over seeds; a positive fall is a loss still falling.", "",
+             format_table(curves["rows"], columns, markdown=True), ""]  # fmt: skip
+    if curves.get("plot"):
+        lines += [f"![learning curves]({curves['plot']})", ""]
+    return "\n".join(lines)
+
+
 def _fit_families(points: dict, reference: str) -> dict:
     """One common form for every family (lowest summed AIC), each family's fit and its rate against the reference's."""
     auto = {f: fit_scaling(x, y, s, resamples=0) for f, (x, y, s) in points.items()}
@@ -354,10 +393,11 @@ def render_scaling(laws: dict) -> str:
     return "\n".join(lines)
 
 
-def _pm(values) -> str:
+def _pm(values, digits: int = 4) -> str:
+    values = [float(v) for v in values]
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _verdict(reference: str, rival: str, entry: dict) -> str:
