@@ -325,9 +325,11 @@ def test_one_pass_scale_sweep_fits_scaling_laws(tmp_path):
             "train": {**TINY_TRAIN, "batch_size": 512, "examples": 2048, "curve_points": 3},
         }
     )
-    summary = run_scale(config, tmp_path, echo=lambda _: None)
+    printed = []
+    summary = run_scale(config, tmp_path, echo=printed.append)
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(results) == 2 * 3 * 2
+    assert sum("(one pass of 2,048 examples, " in line for line in printed) == 12
     for record in results:
         assert [p["examples"] for p in record["curve"]] == [512, 1536, 2048]  # after batches 1, 3 and 4 (evenly spaced, rounded)
     compute = summary["scaling"]["compute"]

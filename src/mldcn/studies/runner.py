@@ -155,9 +155,10 @@ def _run_one(spec: RunSpec, dataset: Dataset, data_config: DataConfig, out_dir: 
         ]
     with open(out_dir / "results.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")  # one append per run: workers never interleave lines
+    trained = f"{record['epochs']} epochs" if "curve" not in record else f"one pass of {record['curve'][-1]['examples']:,} examples"
     echo(
         f"[{position}] {spec.key}: test AUC {record['test_auc']:.4f} "
-        f"logloss {record['test_logloss']:.4f} ({record['epochs']} epochs, {time.perf_counter() - start:.0f} s)"
+        f"logloss {record['test_logloss']:.4f} ({trained}, {time.perf_counter() - start:.0f} s)"
     )
     return record
 
