@@ -66,6 +66,26 @@ def test_aic_prefers_the_form_that_made_the_data():
     assert fit.rate == pytest.approx(0.03, abs=0.005)  # the fall per decade
 
 
+def test_a_loss_that_rises_with_compute_gets_the_log_linear_slope_not_a_degenerate_power_law():
+    # test logloss of a family that is best at the smallest budget and level above it (as
+    # ML-DCN's was on the industrial log): least squares bends c + a x^-b into a step up
+    # (a < 0, a large b), which fits closest and is no scaling law; the log-linear slope is
+    # one, and its rate (the fall per decade) is negative: minus the least-squares slope of y
+    # on log10 x, cov / var worked out directly
+    rng = np.random.default_rng(3)
+    x = np.tile(X, 3)
+    y = np.where(x == X[0], 0.2190, 0.2198) + rng.normal(0, 1e-5, len(x))
+    fit = fit_scaling(x, y, np.repeat([0, 1, 2], len(X)), resamples=100)
+    assert not fit.fits["power"].proper and fit.fits["power"].params["a"] < 0
+    assert fit.fits["power"].aic < fit.fits["loglinear"].aic  # the improper fit was closer, and still not taken
+    u = np.log10(x)
+    slope = np.mean((u - u.mean()) * (y - y.mean())) / np.var(u)
+    assert fit.form == "loglinear" and fit.rate == pytest.approx(-slope) and fit.rate < 0
+    # a falling power law is proper; so is every log-linear fit
+    assert fit_form("power", X, 0.31 + 4.0 * X ** (-0.42)).proper
+    assert fit_form("loglinear", X, 0.2 + 0.001 * np.log10(X)).proper
+
+
 def test_exponents_that_differ_are_told_apart_and_equal_ones_are_not():
     rng = np.random.default_rng(2)
     slow = fit_scaling(*_curves(2.0, 0.2, 0.4, 5, 0.0005, rng), form="power", resamples=300)

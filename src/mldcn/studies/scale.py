@@ -354,9 +354,12 @@ def render_curves(curves: dict) -> str:
 
 
 def _fit_families(points: dict, reference: str) -> dict:
-    """One common form for every family (lowest summed AIC), each family's fit and its rate against the reference's."""
+    """One common form for every family (lowest summed AIC among the forms proper for every
+    family: a power law only where each family's loss falls to a floor), each family's fit
+    and its rate against the reference's."""
     auto = {f: fit_scaling(x, y, s, resamples=0) for f, (x, y, s) in points.items()}
-    possible = [f for f in FORMS if all(f in fit.fits for fit in auto.values())]  # a power law needs 3 distinct x
+    # a power law needs 3 distinct x, and each family's to be proper
+    possible = [f for f in FORMS if all(f in fit.fits and fit.fits[f].proper for fit in auto.values())]
     form = min(possible, key=lambda candidate: sum(fit.fits[candidate].aic for fit in auto.values()))
     fits = {f: fit_scaling(x, y, s, form=form, resamples=1000) for f, (x, y, s) in points.items()}
     rows = []
@@ -364,7 +367,8 @@ def _fit_families(points: dict, reference: str) -> dict:
         low, high = fit.rate_interval
         row = {"family": family, "form": form, "rate": fit.rate, "interval": f"[{low:.4g}, {high:.4g}]",
                "aic_power": fit.fits["power"].aic if "power" in fit.fits else float("nan"),
-               "aic_loglinear": fit.fits["loglinear"].aic}  # fmt: skip
+               "aic_loglinear": fit.fits["loglinear"].aic,
+               "power_proper": "yes" if "power" in fit.fits and fit.fits["power"].proper else "no"}  # fmt: skip
         if form == "power":
             row["irreducible"] = fit.params["c"]
         if family != reference and reference in fits:
@@ -384,9 +388,10 @@ def render_scaling(laws: dict) -> str:
         columns = [("family", "family"), ("rate", rate), ("interval", "95% interval (bootstrap over seeds)")]
         if law["form"] == "power":
             columns.append(("irreducible", "irreducible loss c"))
-        columns += [("aic_power", "AIC power"), ("aic_loglinear", "AIC log-linear"), ("vs_reference", "reference's rate − this"), ("vs_reference_p", "p")]
+        columns += [("aic_power", "AIC power"), ("power_proper", "power law proper"), ("aic_loglinear", "AIC log-linear"), ("vs_reference", "reference's rate − this"), ("vs_reference_p", "p")]
         where = f" at {law['budget']:,.0f} FLOPs" if "budget" in law else ""
-        lines += [f"## Scaling law: {titles[kind]}{where}", "", f"One form for all families: {law['form']} (lower AIC summed over the families).", "",
+        lines += [f"## Scaling law: {titles[kind]}{where}", "", f"One form for all families: {law['form']} (lower AIC summed over the families, among the forms that are a law "
+                  "for every family: a power law only where each family's loss falls to a floor, a > 0 and c ≥ 0).", "",
                   format_table(law["rows"], columns, markdown=True), ""]  # fmt: skip
         if law.get("plot"):
             lines += [f"![{titles[kind]}]({law['plot']})", ""]

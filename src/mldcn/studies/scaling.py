@@ -11,7 +11,11 @@ the examples seen), y a held-out loss (logloss or normalised entropy):
 :func:`fit_scaling` fits both by least squares, reports each one's residual sum
 of squares and AIC (Gaussian errors: ``n log(RSS/n) + 2k``, so the third
 parameter must pay for itself), and picks the lower AIC unless a form is asked
-for. Its intervals come from a **bootstrap over seeds**: the seeds (a seed's
+for — among the *proper* fits only: a power law is one when it describes a loss
+that falls with x towards a floor (``a > 0``, ``c ≥ 0``). Where the loss is flat
+or rises with x the least-squares power law degenerates (a step, or ``b → 0``
+with a negative floor) and its exponent means nothing; the log-linear slope is
+always defined, and its sign says which way the loss goes. Its intervals come from a **bootstrap over seeds**: the seeds (a seed's
 points are one curve, kept together) are resampled with replacement, the chosen
 form is refitted, and the percentile interval of each parameter is reported;
 :func:`compare_exponents` tests whether two families' exponents (or slopes)
@@ -51,6 +55,12 @@ class FormFit:
 
     def predict(self, x) -> np.ndarray:
         return predict(self.form, self.params, np.asarray(x, dtype=float))
+
+    @property
+    def proper(self) -> bool:
+        """A power law is a scaling law only for a loss falling with x to a floor (a > 0, c ≥ 0);
+        a log-linear fit always is one."""
+        return self.form != "power" or (self.params["a"] > 0 and self.params["c"] >= 0)
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,7 @@ def fit_scaling(
         x: compute (interaction FLOPs per example) or examples seen, > 0.
         y: held-out loss at each point.
         seeds: the seed of each point: a bootstrap resample draws whole seeds.
-        form: ``power``, ``loglinear`` or ``auto`` (the lower AIC).
+        form: ``power``, ``loglinear`` or ``auto`` (the lower AIC of the proper fits).
         resamples: bootstrap resamples.
         confidence: of the percentile intervals.
         random_state: seeds the bootstrap.
@@ -213,7 +223,8 @@ def fit_scaling(
                 raise
     if not fits:
         raise ValueError("no form can be fitted to these points (need at least 2 distinct x)")
-    chosen: Form = min(fits, key=lambda f: fits[f].aic) if form == "auto" else form
+    proper = [f for f in fits if fits[f].proper]  # log-linear always is
+    chosen: Form = min(proper, key=lambda f: fits[f].aic) if form == "auto" else form
     params = fits[chosen].params
     unique = np.unique(seeds)
     generator = np.random.default_rng(random_state)
