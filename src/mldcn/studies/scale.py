@@ -388,11 +388,12 @@ def render_scaling(laws: dict) -> str:
         columns = [("family", "family"), ("rate", rate), ("interval", "95% interval (bootstrap over seeds)")]
         if law["form"] == "power":
             columns.append(("irreducible", "irreducible loss c"))
-        columns += [("aic_power", "AIC power"), ("power_proper", "power law proper"), ("aic_loglinear", "AIC log-linear"), ("vs_reference", "reference's rate − this"), ("vs_reference_p", "p")]
+        columns += [("aic_power", "AIC power"), ("power_proper", "power law proper"), ("aic_loglinear", "AIC log-linear"),
+                    ("vs_reference", "reference's rate − this"), ("vs_reference_p", "p")]  # fmt: skip
         where = f" at {law['budget']:,.0f} FLOPs" if "budget" in law else ""
-        lines += [f"## Scaling law: {titles[kind]}{where}", "", f"One form for all families: {law['form']} (lower AIC summed over the families, among the forms that are a law "
-                  "for every family: a power law only where each family's loss falls to a floor, a > 0 and c ≥ 0).", "",
-                  format_table(law["rows"], columns, markdown=True), ""]  # fmt: skip
+        chosen = (f"One form for all families: {law['form']} (lower AIC summed over the families, among the forms that are "
+                  "a law for every family: a power law only where each family's loss falls to a floor, a > 0 and c ≥ 0).")  # fmt: skip
+        lines += [f"## Scaling law: {titles[kind]}{where}", "", chosen, "", format_table(law["rows"], columns, markdown=True), ""]
         if law.get("plot"):
             lines += [f"![{titles[kind]}]({law['plot']})", ""]
     return "\n".join(lines)
