@@ -19,10 +19,9 @@ would gain at most ``train / (train − read·(K−1)/K)`` runs an hour.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
-
-import dataclasses
 
 import torch
 

@@ -130,6 +130,11 @@ def _key(family: str, budget: float, seed: int, lr: float, l2: float) -> str:
     return f"{family}|{budget:g}|seed={seed}|lr={lr:g}|l2={l2:g}"
 
 
+def _seed_runs(config, chosen, results, family: str, budget: float) -> list[dict]:
+    """A family's records at one budget with its chosen setting, one per seed (in config order)."""
+    return [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
+
+
 def sized_models(config: ScaleConfig, dataset: Dataset) -> dict[tuple[str, float], ModelConfig]:
     """Each family's config at each budget, with the shared head and embedding size."""
     models = {}
@@ -202,7 +207,7 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
     rows, significance = [], []
     several = len(tasks) > 1
     for (family, budget), model_config in models.items():
-        runs = [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
+        runs = _seed_runs(config, chosen, results, family, budget)
         aucs = [r["test_auc"] for r in runs]
         losses = [r["test_logloss"] for r in runs]
         row = {
@@ -233,11 +238,11 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
     labels_file = out_dir / "predictions" / "labels.npy"
     labels = _by_task(np.load(labels_file)) if labels_file.exists() else None
     for budget in config.budgets:
-        ref_runs = [results[_key(config.reference, budget, s, *chosen[config.reference, budget])] for s in config.seeds]
+        ref_runs = _seed_runs(config, chosen, results, config.reference, budget)
         for rival in config.families:
             if rival == config.reference:
                 continue
-            rival_runs = [results[_key(rival, budget, s, *chosen[rival, budget])] for s in config.seeds]
+            rival_runs = _seed_runs(config, chosen, results, rival, budget)
             for t, task in enumerate(tasks):
                 paired = paired_t([task_auc(r, task) for r in ref_runs], [task_auc(r, task) for r in rival_runs])
                 entry = {
@@ -301,7 +306,7 @@ def scaling_laws(config, models, chosen, results, out_dir: Path, name: str) -> d
     curves = {}
     top = max(config.budgets)
     for family in config.families:
-        runs = [results[_key(family, top, s, *chosen[family, top])] for s in config.seeds]
+        runs = _seed_runs(config, chosen, results, family, top)
         if all("curve" in r for r in runs):
             x = [p["examples"] for r in runs for p in r["curve"]]
             y = [p["valid_logloss"] for r in runs for p in r["curve"]]
@@ -326,7 +331,7 @@ def learning_curves(config, chosen, results, out_dir: Path, name: str) -> dict:
     rows, plotted = [], {}
     for budget in config.budgets:
         for family in config.families:
-            runs = [results[_key(family, budget, s, *chosen[family, budget])] for s in config.seeds]
+            runs = _seed_runs(config, chosen, results, family, budget)
             if not all(r.get("curve") for r in runs):
                 return {}
             losses = np.array([[p["valid_logloss"] for p in r["curve"]] for r in runs])  # seeds × points

@@ -15,8 +15,8 @@ for — among the *proper* fits only: a power law is one when it describes a los
 that falls with x towards a floor (``a > 0``, ``c ≥ 0``). Where the loss is flat
 or rises with x the least-squares power law degenerates (a step, or ``b → 0``
 with a negative floor) and its exponent means nothing; the log-linear slope is
-always defined, and its sign says which way the loss goes. Its intervals come from a **bootstrap over seeds**: the seeds (a seed's
-points are one curve, kept together) are resampled with replacement, the chosen
+always defined, and its sign says which way the loss goes. Its intervals come
+from a **bootstrap over seeds**: the seeds (a seed's points are one curve, kept together) are resampled with replacement, the chosen
 form is refitted, and the percentile interval of each parameter is reported;
 :func:`compare_exponents` tests whether two families' exponents (or slopes)
 differ from the same resamples.
