@@ -13,6 +13,11 @@ output folders of its budgets (one cell each). From each folder's
 tasks), keyed by variant and seed; test AUC is printed beside it and never
 read by the rule. A variant missing a seed in a cell is an error, not dropped.
 
+It prints, in Markdown: one table per vote (each cell's validation AUC, its
+rank in the cell, and test AUC, mean ± sd over the seeds), the ranking (each
+variant's score and per vote its rank, validation and test AUC), and the
+decision per axis.
+
 The decision, one axis at a time: the axis's best-scoring option is compared
 with the simpler option of the axis (the default, except for LayerNorm, where
 no LayerNorm is the simpler). The other option wins only if its score is
@@ -28,7 +33,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from mldcn.studies.ablate import VARIANTS, rule_scores
+from mldcn.studies.ablate import VARIANTS, cell_ranks, rule_scores
 from mldcn.studies.runner import load_results
 
 #: axis → its options (variant names); the first is the simpler one
@@ -86,10 +91,27 @@ def decide(scores: dict[str, dict]) -> list[tuple[str, str, str]]:
     return decisions
 
 
-def main() -> None:
+def spread(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def vote_table(name: str, folders: list[str], valid: list[dict], test: list[dict]) -> list[str]:
+    """One vote's cells side by side: validation AUC (rank in the cell) and test AUC per variant."""
+    header = ["variant"] + [f"{Path(f).name} {column}" for f in folders for column in ("valid AUC", "rank", "test AUC")]
+    lines = [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ranks = [cell_ranks(cell) for cell in valid]
+    for variant in valid[0]:
+        row = [variant]
+        for cell_valid, cell_test, cell_rank in zip(valid, test, ranks):
+            row += [spread(cell_valid[variant]), f"{cell_rank[variant]:g}", spread(cell_test[variant])]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vote", nargs="+", action="append", required=True, metavar=("NAME", "DIR"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     votes, tests = {}, {}
     for name, *folders in args.vote:
         if not folders:
@@ -100,8 +122,10 @@ def main() -> None:
         variants = [set(cell) for cell in votes[name]]
         if any(v != variants[0] for v in variants):
             sys.exit(f"--vote {name}: its folders ran different variants")
+        print("\n".join(vote_table(name, folders, votes[name], tests[name])))
     scores = rule_scores(votes)
     names = sorted(scores, key=lambda n: scores[n]["score"])
+    print("### Ranking", "", sep="\n")
     header = ["variant", "score"] + [f"{v} rank / valid AUC / test AUC" for v in votes]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
