@@ -293,7 +293,9 @@ def test_a_request_the_model_cannot_score_gets_503_and_its_neighbours_200(toy):
     artifact = load_artifact(toy["run"])
     poisoned = {**toy["records"][3], "price": "7.2513579"}
     poison = float(artifact.encoder.encode({k: pa.array([poisoned[k]], pa.string()) for k in HEADER[1:]}).numeric[0, 0])
-    service = PredictionService(artifact, ServeConfig(batch_wait_ms=100), backend=PoisonedBackend(artifact.model, poison))
+    # the batch is scored when its fifth row arrives, not when a window ends: one batch however loaded the machine
+    config = ServeConfig(batch_wait_ms=30_000, max_batch_rows=5)
+    service = PredictionService(artifact, config, backend=PoisonedBackend(artifact.model, poison))
     app = create_app(service)
 
     async def scenario():
