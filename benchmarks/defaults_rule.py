@@ -35,6 +35,7 @@ from pathlib import Path
 
 from mldcn.studies.ablate import VARIANTS, cell_ranks, rule_scores
 from mldcn.studies.runner import load_results
+from mldcn.studies.table import mean_sd
 
 #: axis → its options (variant names); the first is the simpler one
 AXES = {
@@ -91,10 +92,6 @@ def decide(scores: dict[str, dict]) -> list[tuple[str, str, str]]:
     return decisions
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def vote_table(name: str, folders: list[str], valid: list[dict], test: list[dict]) -> list[str]:
     """One vote's cells side by side: validation AUC (rank in the cell) and test AUC per variant."""
     header = ["variant"] + [f"{Path(f).name} {column}" for f in folders for column in ("valid AUC", "rank", "test AUC")]
@@ -103,7 +100,7 @@ def vote_table(name: str, folders: list[str], valid: list[dict], test: list[dict
     for variant in valid[0]:
         row = [variant]
         for cell_valid, cell_test, cell_rank in zip(valid, test, ranks):
-            row += [spread(cell_valid[variant]), f"{cell_rank[variant]:g}", spread(cell_test[variant])]
+            row += [mean_sd(cell_valid[variant]), f"{cell_rank[variant]:g}", mean_sd(cell_test[variant])]
         lines.append("| " + " | ".join(row) + " |")
     return lines + [""]
 

@@ -25,7 +25,7 @@ from mldcn.models.config import HeadConfig
 from mldcn.models.registry import get_preset
 from mldcn.studies.runner import RunSpec, run_study
 from mldcn.studies.stats import paired_t
-from mldcn.studies.table import format_table
+from mldcn.studies.table import format_table, mean_sd
 from mldcn.train.loop import TrainConfig
 from mldcn.data.source import DataConfig, load_data
 
@@ -127,12 +127,12 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
                 "rank": models[name].interaction.rank,
                 "interaction_flops": results[f"{name}|seed={config.seeds[0]}"]["interaction_flops"],
                 "auc_mean": statistics.fmean(values),
-                "auc": _pm(values),
-                "logloss": _pm(losses),
+                "auc": mean_sd(values),
+                "logloss": mean_sd(losses),
                 "difference": paired.mean_difference,
                 "p_value": paired.p_value,
                 **(
-                    {f"auc_{task}": _pm([results[f"{name}|seed={s}"]["test"][task]["auc"] for s in config.seeds]) for task in tasks}
+                    {f"auc_{task}": mean_sd([results[f"{name}|seed={s}"]["test"][task]["auc"] for s in config.seeds]) for task in tasks}
                     if len(tasks) > 1
                     else {}
                 ),
@@ -159,10 +159,6 @@ def run_ablation(config: AblateConfig, out_dir: str | Path, echo: Callable[[str]
     write_text_atomic(out_dir / "ablation.json", json.dumps(summary, indent=2))
     echo(table)
     return summary
-
-
-def _pm(values) -> str:
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
 # ---------------------------------------------------------------------------- the defaults rule

@@ -42,7 +42,7 @@ from mldcn.studies.plots import plot_auc_vs_flops, plot_learning_curves, plot_sc
 from mldcn.studies.runner import RunSpec, forward_latency_us, run_study
 from mldcn.studies.scaling import FORMS, compare_exponents, fit_scaling
 from mldcn.studies.stats import delong, paired_t
-from mldcn.studies.table import format_table
+from mldcn.studies.table import format_table, mean_sd
 from mldcn.train.loop import TrainConfig
 from mldcn.data.source import DataConfig, load_data
 
@@ -223,17 +223,17 @@ def summarize(config, models, chosen, results, latency, out_dir: Path, name: str
             "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
             "logloss_mean": statistics.fmean(losses),
             "logloss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-            "auc": _pm(aucs),
-            "logloss": _pm(losses),
+            "auc": mean_sd(aucs),
+            "logloss": mean_sd(losses),
             **{f"latency_{n}": latency[family, budget][n] for n in config.latency_batches},
         }
         if several:
             for task in tasks:
                 values = [task_auc(r, task) for r in runs]
-                row[f"auc_{task}"] = _pm(values)
+                row[f"auc_{task}"] = mean_sd(values)
                 row[f"auc_mean_{task}"] = statistics.fmean(values)
                 row[f"auc_std_{task}"] = statistics.stdev(values) if len(values) > 1 else 0.0
-                row[f"logloss_{task}"] = _pm([r["test"][task]["logloss"] for r in runs])
+                row[f"logloss_{task}"] = mean_sd([r["test"][task]["logloss"] for r in runs])
         rows.append(row)
     labels_file = out_dir / "predictions" / "labels.npy"
     labels = _by_task(np.load(labels_file)) if labels_file.exists() else None
@@ -338,9 +338,9 @@ def learning_curves(config, chosen, results, out_dir: Path, name: str) -> dict:
             examples = np.array([p["examples"] for p in runs[0]["curve"]], dtype=float)
             half = int(np.searchsorted(examples, examples[-1] / 2))  # the first point at half the pass or later
             rows.append({"family": family, "budget": budget, "examples": int(examples[-1]),
-                         "first": _pm(losses[:, 0]), "last": _pm(losses[:, -1]),
-                         "fall_second_half": _pm(losses[:, half] - losses[:, -1], 5),
-                         "fall_last_tenth": _pm(losses[:, -2] - losses[:, -1], 5)})  # fmt: skip
+                         "first": mean_sd(losses[:, 0]), "last": mean_sd(losses[:, -1]),
+                         "fall_second_half": mean_sd(losses[:, half] - losses[:, -1], 5),
+                         "fall_last_tenth": mean_sd(losses[:, -2] - losses[:, -1], 5)})  # fmt: skip
             plotted.setdefault(budget, {})[family] = (examples, losses.mean(axis=0))
     plot = plot_learning_curves(plotted, out_dir / "learning_curves.png", title=f"{name} — one pass: held-out logloss against examples seen")
     return {"rows": rows, "plot": None if plot is None else plot.name}
@@ -402,13 +402,6 @@ def render_scaling(laws: dict) -> str:
         if law.get("plot"):
             lines += [f"![{titles[kind]}]({law['plot']})", ""]
     return "\n".join(lines)
-
-
-def _pm(values, digits: int = 4) -> str:
-    values = [float(v) for v in values]
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _verdict(reference: str, rival: str, entry: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 
@@ -40,3 +41,10 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
     return str(value)
+
+
+def mean_sd(values, digits: int = 4) -> str:
+    """``mean ± sd`` of ``values`` (sd 0 for one value)."""
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
