@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mldcn.studies.ablate import VARIANTS, cell_ranks, rule_scores
 from mldcn.studies.runner import load_results
-from mldcn.studies.table import mean_sd
+from mldcn.studies.table import format_table, mean_sd
 
 #: axis → its options (variant names); the first is the simpler one
 AXES = {
@@ -92,17 +92,34 @@ def decide(scores: dict[str, dict]) -> list[tuple[str, str, str]]:
     return decisions
 
 
-def vote_table(name: str, folders: list[str], valid: list[dict], test: list[dict]) -> list[str]:
+def vote_table(name: str, folders: list[str], valid: list[dict], test: list[dict]) -> str:
     """One vote's cells side by side: validation AUC (rank in the cell) and test AUC per variant."""
-    header = ["variant"] + [f"{Path(f).name} {column}" for f in folders for column in ("valid AUC", "rank", "test AUC")]
-    lines = [f"### {name}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    columns = [("variant", "variant")]
+    for i, folder in enumerate(folders):
+        columns += [((i, column), f"{Path(folder).name} {column}") for column in ("valid AUC", "rank", "test AUC")]
     ranks = [cell_ranks(cell) for cell in valid]
+    rows = []
     for variant in valid[0]:
-        row = [variant]
-        for cell_valid, cell_test, cell_rank in zip(valid, test, ranks):
-            row += [mean_sd(cell_valid[variant]), f"{cell_rank[variant]:g}", mean_sd(cell_test[variant])]
-        lines.append("| " + " | ".join(row) + " |")
-    return lines + [""]
+        row = {"variant": variant}
+        for i, (cell_valid, cell_rank, cell_test) in enumerate(zip(valid, ranks, test)):
+            row[i, "valid AUC"] = mean_sd(cell_valid[variant])
+            row[i, "rank"] = f"{cell_rank[variant]:g}"
+            row[i, "test AUC"] = mean_sd(cell_test[variant])
+        rows.append(row)
+    return f"### {name}\n\n{format_table(rows, columns, markdown=True)}\n"
+
+
+def ranking_table(scores: dict[str, dict], tests: dict[str, list[dict]]) -> str:
+    """Each variant's score and, per vote, its rank, validation AUC and test AUC (means), best score first."""
+    columns = [("variant", "variant"), ("score", "score")] + [(v, f"{v} rank / valid AUC / test AUC") for v in tests]
+    rows = []
+    for n in sorted(scores, key=lambda n: scores[n]["score"]):
+        row = {"variant": n, "score": f"{scores[n]['score']:.2f}"}
+        for v, cells in tests.items():
+            test_auc = statistics.fmean(statistics.fmean(c[n]) for c in cells)
+            row[v] = f"{scores[n]['votes'][v]['rank']:.1f} / {scores[n]['votes'][v]['auc']:.4f} / {test_auc:.4f}"
+        rows.append(row)
+    return f"### Ranking\n\n{format_table(rows, columns, markdown=True)}\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,18 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         variants = [set(cell) for cell in votes[name]]
         if any(v != variants[0] for v in variants):
             sys.exit(f"--vote {name}: its folders ran different variants")
-        print("\n".join(vote_table(name, folders, votes[name], tests[name])))
+        print(vote_table(name, folders, votes[name], tests[name]))
     scores = rule_scores(votes)
-    names = sorted(scores, key=lambda n: scores[n]["score"])
-    print("### Ranking", "", sep="\n")
-    header = ["variant", "score"] + [f"{v} rank / valid AUC / test AUC" for v in votes]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for n in names:
-        cells = [f"{scores[n]['votes'][v]['rank']:.1f} / {scores[n]['votes'][v]['auc']:.4f} / "
-                 f"{statistics.fmean(statistics.fmean(c[n]) for c in tests[v]):.4f}" for v in votes]  # fmt: skip
-        print(f"| {n} | {scores[n]['score']:.2f} | " + " | ".join(cells) + " |")
-    print()
+    print(ranking_table(scores, tests))
     for axis, chosen, why in decide(scores):
         change = ", ".join(f"{k}={v}" for k, v in VARIANTS.get(chosen, {}).items()) or "(the preset's option)"
         print(f"- {axis}: **{chosen}** [{change}] — {why}")
